@@ -1,0 +1,82 @@
+"""The setup contract: pins agree, DVC analytics off, CI calls `make test`, notebooks clean."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins_pyproject():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["test"]
+    return {re.split(r"[=<>]", d)[0].lower(): d for d in deps}
+
+
+def _pins_environment():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return {re.split(r"[=<>]", d)[0].lower(): d for d in pip if not d.startswith("-e")}
+
+
+def test_environment_yml_mirrors_pyproject():
+    assert _pins_pyproject() == _pins_environment()
+    assert _pins_pyproject()["torch"] == "torch==2.13.0"
+    assert all("==" in d for d in _pins_pyproject().values()), "every dependency is pinned"
+
+
+def test_dvc_analytics_off_and_offline_remote():
+    cfg = (ROOT / ".dvc" / "config").read_text()
+    assert re.search(r"analytics\s*=\s*false", cfg)
+    url = re.search(r"url\s*=\s*(\S+)", cfg).group(1)
+    assert (ROOT / ".dvc" / url).resolve() == (ROOT / "dvc-store").resolve()
+    assert (ROOT / "data.dvc").is_file()
+
+
+def test_ci_runs_make_test():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_quick_start_is_two_commands():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```", 2)[1]
+    cmds = [l.strip() for l in block.splitlines()[1:] if l.strip() and not l.strip().startswith("#")]
+    assert cmds == ["make repro", "make test"]
+
+
+def test_notebooks_stored_clean_with_parameters_tag():
+    nbs = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert nbs, "no lesson notebooks"
+    for nb_path in nbs:
+        nb = json.loads(nb_path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert not any(c.get("outputs") for c in code), f"{nb_path.name} stored with outputs"
+        assert not any(c.get("execution_count") for c in code), f"{nb_path.name} has execution counts"
+        tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name} needs exactly one 'parameters' cell"
+        # the parameters cell holds literals only
+        for line in "".join(tagged[0]["source"]).splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                name, value = (s.strip() for s in line.split("=", 1))
+                compile(value, nb_path.name, "eval")
+                assert re.fullmatch(r"[A-Z_][A-Z0-9_]*", name)
+
+
+def test_dvc_stages_list_existing_params_and_deps():
+    from d2lib import config
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    raw = config.read_yaml(ROOT / "params.yaml")
+    for name, stage in dvc["stages"].items():
+        for p in stage.get("params", []):
+            for key in ([p] if isinstance(p, str) else [k for d in p.values() for k in d]):
+                node = raw
+                for part in str(key).split("."):
+                    assert isinstance(node, dict) and part in node, f"stage {name}: params key {key} missing"
+                    node = node[part]
+        for dep in stage.get("deps", []):
+            if "${" not in dep:
+                assert (ROOT / dep).exists() or dep.startswith("artifacts/"), f"stage {name}: dep {dep} missing"
