@@ -1,0 +1,318 @@
+"""d2lib.train / d2lib.lora: config checks, LoRA on a tiny Phi-3, exact resume, determinism,
+loss curves, atomic checkpoints, and a 2-process run that matches a 1-process run."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from d2lib import config, train
+from d2lib.config import ConfigError
+from d2lib.lora import (LoraSettings, apply_lora, mark_trainable, prepare_for_lora, tiny_phi3, trainable_summary,
+                        validate_lora_targets)
+from d2lib.train import SFTConfig, ToyModel, fit, toy_config, toy_data, weights_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _toy_run(out, *, seed_model=0, callbacks=(), **kw):
+    eval_fn = kw.pop("eval_fn", None)
+    torch.manual_seed(seed_model)
+    model = ToyModel(dropout=kw.pop("dropout", 0.0))
+    res = fit(model, toy_data(), toy_config(**kw), out, callbacks=callbacks, eval_fn=eval_fn, progress=False)
+    return model, res
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"lr": -1e-4}, "sft.lr"),
+    ({"lr_lora": 0.0}, "sft.lr_lora"),
+    ({"steps": 0}, "sft.steps"),
+    ({"steps": None}, "sft.steps"),  # neither steps nor epochs
+    ({"epochs": 1.0}, "sft.steps"),  # both
+    ({"batch_size": 0}, "sft.batch_size"),
+    ({"grad_accum": 0}, "sft.grad_accum"),
+    ({"warmup_ratio": 1.5}, "sft.warmup_ratio"),
+    ({"grad_clip": -1.0}, "sft.grad_clip"),
+    ({"lora": {"r": 0}}, "sft.lora.r"),
+    ({"lora": {"dropout": 1.0}}, "sft.lora.dropout"),
+    ({"lora": {"target_modules": []}}, "sft.lora.target_modules"),
+    ({"schedule": "step"}, "sft.schedule"),
+    ({"lora": {"rank": 4}}, "sft.lora.rank"),  # unknown key
+])
+def test_config_range_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        config.from_dict(SFTConfig, override, "sft")
+
+
+def test_config_sections_and_defaults(tmp_path):
+    assert config.section_class("sft") is SFTConfig and config.section_class("align") is train.AlignConfig
+    sft = config.from_dict(SFTConfig, {"steps": None, "epochs": 1, "lora": {"r": 128, "alpha": 256}}, "sft")
+    assert sft.lora.scale == 2.0 and sft.lora.target_modules == ("qkv_proj", "o_proj")
+    assert sft.warmup_ratio == 0.03 and sft.weight_decay == 0.0 and sft.schedule == "cosine"
+    assert not train.AlignConfig().lora.enabled
+    with pytest.raises(ConfigError, match=r"align\.batch_size"):
+        train.AlignConfig(batch_size=-2)
+    assert train.total_steps(sft, n=100, world=1) == 12  # 1 epoch = 100 // 8 micro-batches
+    assert train.total_steps(sft, n=100, world=2) == 6
+
+
+def test_schedule_matches_transformers():
+    from transformers import get_cosine_schedule_with_warmup
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=50)
+    for step in range(51):
+        assert train.lr_factor(step, 3, 50) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12)
+
+
+def test_data_order_shards_and_epochs():
+    n, B, W = 23, 3, 2
+    single = [train.batch_indices(n, 7, m, B * W) for m in range(3)]
+    for m in range(3):
+        ranks = [train.batch_indices(n, 7, m, B, W, r) for r in range(W)]
+        assert sum(ranks, []) == single[m]  # W processes see what one process with W·B sees
+    epoch0 = sum((train.batch_indices(n, 7, m, B * W) for m in range(3)), [])
+    assert len(set(epoch0)) == 18  # 23 // 6 = 3 micro-batches, no repeats inside an epoch
+    assert train.batch_indices(n, 7, 3, B * W) != single[0]  # epoch 1 is reshuffled
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def test_unknown_lora_target_rejected_before_training():
+    lm = tiny_phi3()
+    validate_lora_targets(lm, ["qkv_proj", "o_proj"])
+    with pytest.raises(ConfigError, match=r"sft\.lora\.target_modules.*'q_proj'.*qkv_proj"):
+        validate_lora_targets(lm, ["qkv_proj", "q_proj"])  # Llama name; Phi-3 fuses q/k/v
+    with pytest.raises(ConfigError, match=r"sft\.lora\.target_modules"):
+        apply_lora(lm, LoraSettings(target_modules=("qkv_porj",)))
+    assert not any("lora_" in n for n, _ in lm.named_parameters())  # nothing was wrapped
+    with pytest.raises(ConfigError, match=r"sft\.train_modules"):
+        mark_trainable(lm, ["evi_head"])
+
+
+class _Grounded(torch.nn.Module):
+    """A D²VLM-shaped wrapper: a peft LM inside plus a head outside it."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.frm_head = lm, torch.nn.Linear(64, 8)
+
+    def forward(self, input_ids, labels):
+        out = self.lm(input_ids=input_ids, labels=labels, output_hidden_states=True)
+        aux = self.frm_head(out.hidden_states[-2]).pow(2).mean()
+        return {"loss": out.loss + 0.1 * aux, "lm_loss": out.loss, "head_loss": aux}
+
+
+class _GroundedHF(_Grounded):
+    """Like D2VLM: has save_pretrained, which refuses a peft-wrapped LM (merge first)."""
+
+    def save_pretrained(self, path):
+        raise ValueError("merge the LoRA adapter first")
+
+
+def _lora_model(cls=_Grounded):
+    torch.manual_seed(0)
+    model = cls(tiny_phi3(hidden=64, layers=2, vocab=128))
+    return prepare_for_lora(model, LoraSettings(r=4, alpha=8, dropout=0.1), ["embed_tokens", "lm_head", "frm_head"])
+
+
+def test_lora_on_tiny_phi3_trains_adapters_and_marked_modules(tmp_path):
+    ids = torch.randint(3, 128, (2, 12))
+    with torch.no_grad():
+        logits0 = tiny_phi3(hidden=64, layers=2, vocab=128)(input_ids=ids).logits
+    with pytest.raises(ConfigError, match=r"sft\.head_modules.*'evi_head'"):
+        prepare_for_lora(_Grounded(tiny_phi3()), LoraSettings(), ["lm_head", "evi_head"])
+    model = _lora_model()
+    lm = model.lm  # now a PeftModel: embed_tokens/lm_head via modules_to_save, frm_head via requires_grad
+    assert mark_trainable(model, ["frm_head"]) == ["frm_head.weight", "frm_head.bias"]
+
+    s = trainable_summary(model)
+    assert s["lora"] == 2 * (4 * 64 + 3 * 64 * 4 + 4 * 64 + 64 * 4)  # qkv_proj + o_proj, 2 layers
+    assert s["saved"] == 2 * 128 * 64 and s["other"] == 64 * 8 + 8
+    assert s["trainable"] == s["lora"] + s["saved"] + s["other"] == lm.get_nb_trainable_parameters()[0] + 520
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = [{"input_ids": x, "labels": x} for x in torch.randint(3, 128, (16, 12))]
+    cfg = SFTConfig(steps=4, batch_size=4, lr=1e-2, lr_lora=1e-2, lr_heads=5e-3, log_every=1, save_every=2,
+                    warmup_ratio=0.25, head_modules=("embed_tokens", "lm_head", "frm_head"))
+    res = fit(model, data, cfg, tmp_path / "a", progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed == trainable  # every trainable tensor moved, no frozen one did
+    assert sum(p.numel() for n, p in model.named_parameters() if n in changed) == s["trainable"]
+    row = res.history[1]
+    assert {"lm_loss", "head_loss", "lr", "lr_lora", "lr_heads"} <= set(row)  # two AdamW groups
+    assert row["lr_lora"] / row["lr_heads"] == pytest.approx(2.0)
+    # HF-format outputs: the inner PeftModel's adapter (with modules_to_save) + the full model
+    assert (res.final_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (res.final_dir / "model.safetensors").is_file()
+    # modules_to_save keeps the original: disabling the adapter gives back the base model (FPO reference)
+    with torch.no_grad(), lm.disable_adapter():
+        assert torch.allclose(lm(input_ids=ids).logits, logits0, atol=1e-6)
+
+    def stop_at_3(step, info):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted LoRA run, resumed in a rebuilt model
+        fit(_lora_model(_GroundedHF), data, cfg, tmp_path / "b", callbacks=[stop_at_3], progress=False)
+    assert {p.name for p in (tmp_path / "b" / "checkpoint-2").iterdir()} >= {"adapter", "trainable.safetensors"}
+    resumed = _lora_model(_GroundedHF)
+    with torch.no_grad():  # the checkpoint must overwrite every trainable tensor
+        for p in resumed.parameters():
+            p.add_(1.0) if p.requires_grad else None
+    assert fit(resumed, data, cfg, tmp_path / "b", progress=False).start_step == 2
+    for (n, p), q in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+    final = {p.name for p in (tmp_path / "b" / "final").iterdir()}
+    assert final == {"adapter", "trainable.safetensors", "training.json"}  # save_pretrained not called
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_determinism_and_loss_csv(tmp_path):
+    m1, r1 = _toy_run(tmp_path / "a", steps=6, dropout=0.1)
+    m2, r2 = _toy_run(tmp_path / "b", steps=6, dropout=0.1)
+    m3, _ = _toy_run(tmp_path / "c", steps=6, dropout=0.1, seed=1)
+    assert weights_digest(m1) == weights_digest(m2) != weights_digest(m3)
+    lines = (tmp_path / "a" / "loss.csv").read_text().splitlines()
+    assert lines[0].split(",")[:6] == ["step", "epoch", "lr", "loss", "mse", "l1"]
+    drop_timing = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]  # noqa: E731
+    assert len(lines) == 1 + 6 and drop_timing(r1.history) == drop_timing(r2.history)
+    assert r1.history[0]["lr"] == 0.0  # warm-up starts from 0, as transformers' schedule does
+    assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
+
+
+def test_resume_after_interrupt_is_exact(tmp_path):
+    kw = dict(steps=12, grad_accum=2, save_every=3, dropout=0.1)  # 24 micro-batches: crosses an epoch
+    ref, ref_res = _toy_run(tmp_path / "ref", **kw)
+
+    def stop_at_8(step, info):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "run", callbacks=[stop_at_8], **kw)
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [3, 6]
+    state = json.loads((tmp_path / "run" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["micro_batches"] == 12 and state["epoch"] == 0.75
+    # a fresh process would rebuild the model from its seed; a different init must not matter
+    model, res = _toy_run(tmp_path / "run", seed_model=123, **kw)
+    assert res.start_step == 6
+    assert weights_digest(model) == weights_digest(ref)
+    for key in ("step", "lr", "loss", "mse", "l1", "grad_norm"):  # loss.csv: old rows kept, new appended
+        assert [r[key] for r in res.history] == [r[key] for r in ref_res.history]
+    # an explicit checkpoint: newer ones (another timeline) are dropped, the rerun lands on the same weights
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [9, 12]
+    torch.manual_seed(5)
+    model = ToyModel(dropout=0.1)
+    res = fit(model, toy_data(), toy_config(steps=12, grad_accum=2, save_every=100), tmp_path / "run",
+              resume=tmp_path / "run" / "checkpoint-9", progress=False)
+    assert res.start_step == 9 and weights_digest(model) == weights_digest(ref)
+    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [9, 12]
+
+
+def test_eval_does_not_change_training(tmp_path):
+    calls = []
+
+    def eval_fn(model, step):
+        calls.append(step)
+        assert not model.training
+        torch.rand(100)  # consumes the RNG that dropout uses
+        return {"score": float(step)}
+
+    ref, _ = _toy_run(tmp_path / "a", steps=6, dropout=0.1)
+    model, res = _toy_run(tmp_path / "b", steps=6, dropout=0.1, eval_every=4, eval_fn=eval_fn)
+    assert calls == [4, 6] and [r["score"] for r in res.val] == [4.0, 6.0]
+    assert (tmp_path / "b" / "val.csv").read_text().splitlines()[0] == "step,score"
+    assert weights_digest(model) == weights_digest(ref)
+
+
+def test_checkpoints_are_atomic(tmp_path, monkeypatch):
+    ref, _ = _toy_run(tmp_path / "ref", steps=8)
+    out = tmp_path / "run"
+    real_export, calls = train.export_model, []
+
+    def crash_on_second_save(model, folder):  # dies half-way through writing checkpoint-4
+        calls.append(folder)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_export(model, folder)
+
+    monkeypatch.setattr(train, "export_model", crash_on_second_save)
+    with pytest.raises(OSError):
+        _toy_run(out, steps=8)
+    monkeypatch.setattr(train, "export_model", real_export)
+    names = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert names == ["checkpoint-2", "checkpoint-4.tmp"]
+    for p in out.glob("checkpoint-*"):  # every non-.tmp checkpoint is complete
+        assert p.name.endswith(".tmp") or (p / train.MARKER).is_file()
+    (out / "checkpoint-7").mkdir()  # e.g. a half-copied folder: no marker → never resumed from
+    assert train.latest_checkpoint(out).name == "checkpoint-2"
+
+    model, res = _toy_run(out, steps=8)
+    assert res.start_step == 2 and weights_digest(model) == weights_digest(ref)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]  # keep_last=2
+    for ckpt in ("checkpoint-8",):
+        files = {p.name for p in (out / ckpt).iterdir()}
+        assert {"COMPLETE", "model.safetensors", "trainable.safetensors", "optimizer.pt", "scheduler.pt",
+                "rng_state_0.pt", "trainer_state.json"} <= files
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    ref = train.selftest(tmp_path / "ref", steps=8)
+    cmd = [sys.executable, "-m", "d2lib.train", "--selftest", str(tmp_path / "run"), "--steps", "8"]
+    killed = subprocess.run(cmd + ["--die-at", "5"], env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "final").exists()
+    assert train.latest_checkpoint(tmp_path / "run").name == "checkpoint-4"
+    out = train.selftest(tmp_path / "run", steps=8)  # the restart (in this process, to save a start-up)
+    assert out["start_step"] == 4 and out["digest"] == ref["digest"]
+    assert out["loss"] == ref["loss"]  # loss.csv: rows 1-4 from the killed run, 5-8 from the restart
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    exe = Path(sys.executable).parent / "accelerate"  # the launcher of this venv
+    launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+    # --multi_gpu, not --cpu: `--cpu --num_processes 2` starts ONE process (it needs mpirun for more);
+    # with no CUDA visible, d2lib's Accelerator(cpu=True) then runs the torchrun ranks on gloo.
+    cmd = launcher + [
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "d2lib.train", "--selftest", str(tmp_path / "two"), "--steps", "8", "--batch-size", "2"]
+    run = subprocess.run(cmd, env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # both processes hold identical weights
+
+    one = train.selftest(tmp_path / "one", steps=8, batch_size=4)  # same global batch: 2 × 2
+    assert ranks[0]["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    w2, w1 = (load_file(str(tmp_path / d / "final" / "model.safetensors")) for d in ("two", "one"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
