@@ -1,0 +1,408 @@
+"""Tokenizer, special tokens, prompt/response templates and example encoding.
+
+Taught in lesson ``02_model``. The response layouts follow docs/CONTRACTS.md; which layout a
+model sees is decided by its variant's switches (:class:`d2lib.model.Variant`):
+
+- ``prefix``: the pure-grounding stage ``<evi>×K </evi>`` before the answer;
+- ``answer_evidence``: the answer refers to each event with ``<evi>`` or with "s - e" text;
+- ``head``: ``frame`` writes every event as a start and an end token (``<evi> - <evi>``),
+  ``none`` has no ``<evi>`` at all.
+
+>>> from types import SimpleNamespace as V
+>>> full = V(prefix=True, answer_evidence="evi", head="span")
+>>> rec = {"task": "tvg", "tgt": [3, 7], "q": "When?"}
+>>> build_response(rec, full).text
+'<evi></evi>The event happens in <evi>.'
+>>> build_response(rec, V(prefix=False, answer_evidence="text", head="none")).text
+'The event happens in 3 - 7.'
+>>> render_response('<evi></evi>The event happens in <evi>.', [[3, 7], [3, 7]])
+'3 - 7 </evi> The event happens in 3 - 7.'
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .spans import format_span, span_to_frames
+
+# --- special tokens -------------------------------------------------------------------------
+VIDEO = "<video>"
+EVI = "<evi>"
+EVI_END = "</evi>"
+SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+PAD, UNK = "<pad>", "<unk>"
+EXTRA_SPECIALS = [VIDEO, EVI, EVI_END, SYSTEM, USER, ASSISTANT, END]
+SYSTEM_PROMPT = "You are a helpful AI assistant."
+LETTERS = "ABCDEFGH"
+
+ROLE_SPAN, ROLE_START, ROLE_END = 0, 1, 2  # what one <evi> stands for
+STAGE_PREFIX, STAGE_ANSWER = 0, 1  # grounding stage / answer stage
+IGNORE_INDEX = -100
+
+
+# --- tokenizers -----------------------------------------------------------------------------
+def train_word_tokenizer(texts: Iterable[str], max_seconds: int = 64):
+    """Tiny preset: a word-level tokenizer trained on ``texts`` plus the numbers 0..max_seconds,
+    digits, punctuation and our own templates. Returns a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, *EXTRA_SPECIALS], min_frequency=1)
+    fixed = [SYSTEM_PROMPT, *TEMPLATE_WORDS, " ".join(str(i) for i in range(max_seconds + 1)),
+             " ".join(f"({c})" for c in LETTERS), ". , ; : ? ! ' \" - ( ) [ ] / %"]
+    tok.train_from_iterator([*fixed, *texts], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD,
+                                   extra_special_tokens=list(EXTRA_SPECIALS))
+
+
+def record_texts(records: Iterable[dict]) -> Iterable[str]:
+    """Every text of E.T. Bench records (q, g, o) — the corpus for :func:`train_word_tokenizer`."""
+    for r in records:
+        yield str(r.get("q", ""))
+        for key in ("g", "o"):
+            for s in r.get(key) or []:
+                yield str(s)
+
+
+def add_special_tokens(tokenizer) -> list[int]:
+    """Real preset: add our special tokens the LM's tokenizer lacks (and a pad token if none).
+    Returns the ids of the tokens that were added."""
+    missing = [t for t in EXTRA_SPECIALS if t not in tokenizer.get_vocab()]
+    before = len(tokenizer)
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    return list(range(before, len(tokenizer)))
+
+
+def make_tokenizer(cfg, texts: Iterable[str] = (), max_seconds: int = 64):
+    """The tokenizer of a :class:`d2lib.model.ModelConfig` and the ids it added to the LM's vocabulary.
+
+    tiny: a word-level tokenizer trained on ``texts`` (e.g. ``[" ".join(synth.vocabulary())]``), no
+    new ids (the tiny LM is built for it). phi3-mini: the LM's own tokenizer from ``cfg.lm_path`` plus
+    our special tokens; pass the returned ids to ``D2VLM.build`` so their rows are mean-initialised.
+    """
+    if cfg.preset == "tiny":
+        return train_word_tokenizer(texts, max_seconds), []
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.lm_path)
+    return tok, add_special_tokens(tok)
+
+
+def load_tokenizer(path: str | Path):
+    """A tokenizer saved with ``save_pretrained`` (tiny or real); checks our special tokens exist."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    vocab = tok.get_vocab()
+    missing = [t for t in EXTRA_SPECIALS if t not in vocab]
+    if missing or tok.pad_token is None:
+        raise ValueError(f"tokenizer at {path} lacks special tokens {missing or ['pad']}")
+    return tok
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """Ids the model needs: video placeholder, <evi>, </evi>, end-of-turn and pad."""
+    conv = tokenizer.convert_tokens_to_ids
+    return {"video": conv(VIDEO), "evi": conv(EVI), "evi_end": conv(EVI_END), "end": conv(END),
+            "pad": tokenizer.pad_token_id, "system": conv(SYSTEM), "user": conv(USER),
+            "assistant": conv(ASSISTANT)}
+
+
+@torch.no_grad()
+def mean_init_rows(lm, new_ids: Sequence[int]) -> None:
+    """Resize ``lm`` to hold ``new_ids`` and set their input/output embedding rows to the mean of
+    the rows below ``min(new_ids)`` (the pretrained vocabulary: added tokens get the last ids).
+    Phi-3 already has spare rows past its vocabulary; we mean-init those too."""
+    if not new_ids:
+        return
+    n_old, need = min(new_ids), max(new_ids) + 1
+    if lm.get_input_embeddings().weight.shape[0] < need:
+        lm.resize_token_embeddings(need, mean_resizing=False)
+    ids = torch.as_tensor(list(new_ids))
+    for emb in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+        if emb is not None:
+            emb.weight[ids] = emb.weight[:n_old].mean(0, keepdim=True)
+
+
+# --- responses ------------------------------------------------------------------------------
+TEMPLATE_WORDS = ["The event happens in", "The evidence is in", "The action happens in"]
+
+
+@dataclass
+class Response:
+    """A response string with the bookkeeping of each ``<evi>`` in it (in order)."""
+
+    text: str
+    spans: list[list[float]] = field(default_factory=list)  # GT span (seconds) per <evi>
+    events: list[int] = field(default_factory=list)  # index of the event in record_spans(record)
+    stages: list[int] = field(default_factory=list)  # STAGE_PREFIX or STAGE_ANSWER
+    roles: list[int] = field(default_factory=list)  # ROLE_SPAN, or ROLE_START/ROLE_END (frame head)
+
+
+def record_spans(record: dict) -> list[list[float]]:
+    """GT spans of a record as a list of ``[s, e]`` (tvg/gvq: one; tal/dvc: many; rar: none).
+
+    >>> record_spans({"tgt": [2, 5]}), record_spans({"tgt": [[1, 2], [4, 6]]}), record_spans({})
+    ([[2.0, 5.0]], [[1.0, 2.0], [4.0, 6.0]], [])
+    """
+    tgt = record.get("tgt")
+    if not tgt:
+        return []
+    if all(isinstance(v, (int, float)) for v in tgt):  # flat [s, e] or [s1, e1, s2, e2, ...]
+        if len(tgt) % 2:
+            raise ValueError(f"record {record.get('idx')}: odd-length flat tgt {tgt}")
+        return [[float(tgt[i]), float(tgt[i + 1])] for i in range(0, len(tgt), 2)]
+    return [[float(s), float(e)] for s, e in tgt]
+
+
+class _Builder:
+    """Accumulates response text and one bookkeeping entry per emitted ``<evi>``."""
+
+    def __init__(self, variant):
+        self.v, self.parts, self.r = variant, [], Response("")
+
+    def text(self, s: str) -> None:
+        self.parts.append(s)
+
+    def event(self, k: int, span, stage: int, as_text: bool) -> None:
+        if as_text:
+            self.parts.append(format_span(span))
+            return
+        roles = [ROLE_START, ROLE_END] if self.v.head == "frame" else [ROLE_SPAN]
+        self.parts.append(f"{EVI} - {EVI}" if self.v.head == "frame" else EVI)
+        for role in roles:
+            self.r.spans.append(list(span))
+            self.r.events.append(k)
+            self.r.stages.append(stage)
+            self.r.roles.append(role)
+
+    def done(self) -> Response:
+        self.r.text = "".join(self.parts)
+        return self.r
+
+
+def _clean(s: str) -> str:
+    return str(s).strip().rstrip(".").strip()
+
+
+def _option(record: dict) -> str:
+    p = int(record["p"])
+    return f"({LETTERS[p]}) {_clean(record['o'][p])}."
+
+
+def build_response(record: dict, variant) -> Response:
+    """The target response of ``record`` in ``variant``'s layout (see module docstring)."""
+    spans, task = record_spans(record), record["task"]
+    text_answer = variant.answer_evidence == "text" or variant.head == "none"
+    b = _Builder(variant)
+    if variant.prefix:
+        if variant.head == "none":
+            raise ValueError("a grounding prefix needs a grounding head (variant.head != 'none')")
+        for k, sp in enumerate(spans):
+            b.event(k, sp, STAGE_PREFIX, as_text=False)
+        b.text(EVI_END)
+
+    def ev(k: int) -> None:
+        b.event(k, spans[k], STAGE_ANSWER, as_text=text_answer)
+
+    if task == "tvg":
+        b.text("The event happens in "), ev(0), b.text(".")
+    elif task == "gvq":
+        b.text(_option(record) + " The evidence is in "), ev(0), b.text(".")
+    elif task == "rar":
+        b.text(_option(record))
+    elif task == "dvc":
+        caps = record.get("g") or []
+        if len(caps) != len(spans):
+            raise ValueError(f"record {record.get('idx')}: dvc needs one caption per span")
+        for k, cap in enumerate(caps):
+            b.text(" " if k else ""), ev(k), b.text(f", {_clean(cap)}.")
+    elif task == "tal":  # the prompt's format: '<start> - <end>, <start> - <end>'
+        for k in range(len(spans)):
+            b.text(", " if k else ""), ev(k)
+    else:
+        raise ValueError(f"no response template for task {task!r}")
+    return b.done()
+
+
+# --- rendering ------------------------------------------------------------------------------
+def _tidy(s: str) -> str:
+    """Whitespace/punctuation clean-up after word-level decoding ("happens in 3 - 7 ." → "...7.")."""
+    s = re.sub(r"(\d) \. (\d)", r"\1.\2", s)
+    s = re.sub(r"\s+([.,;:?!)\]])", r"\1", s)
+    s = re.sub(r"([(\[])\s+", r"\1", s)
+    s = s.replace(EVI_END, f" {EVI_END} ")
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def _value_text(v) -> str:
+    if isinstance(v, (int, float)):
+        return format_span([v, v]).split(" - ")[0]
+    return format_span(v)
+
+
+def render_response(token_ids_or_text, spans: Sequence, tokenizer=None) -> str:
+    """Text shown to people (and parsed by the metrics): each ``<evi>`` replaced, in order, by its
+    span as "s - e" (a frame-level token's value is a single number). Chat/pad tokens dropped.
+
+    ``token_ids_or_text``: a string, or ids decoded with ``tokenizer``. ``spans``: per ``<evi>``
+    a ``[s, e]`` or a number. Extra ``<evi>`` without a span stay as they are.
+    """
+    if isinstance(token_ids_or_text, str):
+        text = token_ids_or_text
+    else:
+        ids = [int(i) for i in token_ids_or_text]
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+    for t in (END, PAD, tokenizer.pad_token if tokenizer is not None else PAD):
+        if t:
+            text = text.replace(t, " ")
+    pieces = text.split(EVI)
+    out = [pieces[0]]
+    for i, piece in enumerate(pieces[1:]):
+        out.append(f" {_value_text(spans[i])} " if i < len(spans) else EVI)
+        out.append(piece)
+    return _tidy("".join(out))
+
+
+# --- prompts and examples -------------------------------------------------------------------
+def prompt_text(question: str) -> tuple[str, str]:
+    """The chat prompt around the video placeholder: (before, after). The response follows."""
+    before = f"{SYSTEM}\n{SYSTEM_PROMPT}{END}\n{USER}\n"
+    after = f"\n{question}{END}\n{ASSISTANT}\n"
+    return before, after
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_example(record: dict, n_frames: int, variant, tokenizer, with_response: bool = True,
+                   fps: float = 1.0) -> dict:
+    """Token ids and grounding bookkeeping of one record for a video of ``n_frames`` frames.
+
+    Layout: ``prompt-before · <video>×n_frames · prompt-after [· response · <|end|>]``.
+    Returns a dict (tensors are 1-D unless noted):
+
+    - ``input_ids`` (L,), ``labels`` (L,) = ids on the response (incl. final ``<|end|>``) else −100;
+    - ``frame_start`` int, ``n_frames`` int — frame t sits at position ``frame_start + t``;
+    - ``evi_tok_pos`` (K,) position of each ``<evi>`` in the response; ``evi_pred_pos`` (K,) the
+      position whose hidden state predicts it (``evi_tok_pos − 1``; e_k is read there);
+    - ``evi_spans`` (K, 2) GT seconds, ``evi_frames`` (K, 2) long inclusive GT frames;
+    - ``evi_event`` (K,), ``evi_stage`` (K,), ``evi_role`` (K,) — pair grounding/answer copies by
+      (event, role) for the consistency loss;
+    - ``response`` the response text (empty without response), ``idx`` the record's idx.
+    """
+    before, after = prompt_text(record["q"])
+    video_id = tokenizer.convert_tokens_to_ids(VIDEO)
+    ids = _ids(tokenizer, before)
+    frame_start = len(ids)
+    ids += [video_id] * n_frames + _ids(tokenizer, after)
+    labels = [IGNORE_INDEX] * len(ids)
+    resp = build_response(record, variant) if with_response else Response("")
+    if with_response:
+        r_ids = _ids(tokenizer, resp.text) + [tokenizer.convert_tokens_to_ids(END)]
+        resp_start = len(ids)
+        ids, labels = ids + r_ids, labels + r_ids
+        evi_id = tokenizer.convert_tokens_to_ids(EVI)
+        evi_tok = [resp_start + i for i, t in enumerate(r_ids) if t == evi_id]
+        if len(evi_tok) != len(resp.spans):
+            raise ValueError(f"tokenizer split {EVI} unexpectedly in {resp.text!r}")
+    else:
+        evi_tok = []
+    frames = [span_to_frames(sp, n_frames, fps) for sp in resp.spans]
+    long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return {
+        "input_ids": long(ids), "labels": long(labels),
+        "frame_start": frame_start, "n_frames": n_frames,
+        "evi_tok_pos": long(evi_tok), "evi_pred_pos": long([p - 1 for p in evi_tok]),
+        "evi_spans": torch.tensor(resp.spans, dtype=torch.float32).reshape(-1, 2),
+        "evi_frames": long(frames).reshape(-1, 2),
+        "evi_event": long(resp.events), "evi_stage": long(resp.stages), "evi_role": long(resp.roles),
+        "response": resp.text, "idx": record.get("idx"),
+    }
+
+
+def encode_prompt(record: dict, n_frames: int, variant, tokenizer) -> dict:
+    """:func:`encode_example` without the response — the input to generation."""
+    return encode_example(record, n_frames, variant, tokenizer, with_response=False)
+
+
+def consistency_pairs(ex: dict) -> list[tuple[int, int]]:
+    """(prefix k, answer k') index pairs of one example's ``<evi>`` tokens for the same event/role."""
+    first = {}
+    for k, (ev, st, ro) in enumerate(zip(ex["evi_event"].tolist(), ex["evi_stage"].tolist(), ex["evi_role"].tolist())):
+        if st == STAGE_PREFIX:
+            first.setdefault((ev, ro), k)
+    return [(first[(ev, ro)], k) for k, (ev, st, ro) in
+            enumerate(zip(ex["evi_event"].tolist(), ex["evi_stage"].tolist(), ex["evi_role"].tolist()))
+            if st == STAGE_ANSWER and (ev, ro) in first]
+
+
+def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
+            frames: Sequence[torch.Tensor] | None = None, tower_feats: Sequence[torch.Tensor] | None = None) -> dict:
+    """Batch encoded examples for :meth:`d2lib.model.D2VLM.forward` / ``generate``.
+
+    ``padding_side``: "right" for training, "left" for generation (the prompts then end together).
+    ``frames``: per example uint8 (T, H, W, 3); or ``tower_feats``: per example cached
+    :meth:`~d2lib.model.D2VLM.encode_tower` outputs (T, S, P, D). Padded to the longest video.
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (B, L); ``frame_start`` (B,),
+    ``frame_mask`` (B, Tmax); ``frames`` or ``tower_feats`` (B, Tmax, ...); and flattened over all
+    ``<evi>`` of the batch (N of them): ``evi_batch``, ``evi_tok_pos``, ``evi_pred_pos``,
+    ``evi_role`` (N,), ``evi_frames`` (N, 2); ``evi_pairs`` (M, 2) consistency pairs into N.
+    """
+    B = len(examples)
+    L = max(len(e["input_ids"]) for e in examples)
+    T = max(e["n_frames"] for e in examples)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros(B, L, dtype=torch.long)
+    frame_start = torch.zeros(B, dtype=torch.long)
+    frame_mask = torch.zeros(B, T, dtype=torch.bool)
+    evi = {k: [] for k in ("evi_batch", "evi_tok_pos", "evi_pred_pos", "evi_role", "evi_frames")}
+    pairs, n_seen = [], 0
+    for b, e in enumerate(examples):
+        n = len(e["input_ids"])
+        off = L - n if padding_side == "left" else 0
+        input_ids[b, off:off + n] = e["input_ids"]
+        labels[b, off:off + n] = e["labels"]
+        attn[b, off:off + n] = 1
+        frame_start[b] = e["frame_start"] + off
+        frame_mask[b, : e["n_frames"]] = True
+        k = len(e["evi_tok_pos"])
+        evi["evi_batch"].append(torch.full((k,), b, dtype=torch.long))
+        evi["evi_tok_pos"].append(e["evi_tok_pos"] + off)
+        evi["evi_pred_pos"].append(e["evi_pred_pos"] + off)
+        evi["evi_role"].append(e["evi_role"])
+        evi["evi_frames"].append(e["evi_frames"])
+        pairs += [(n_seen + i, n_seen + j) for i, j in consistency_pairs(e)]
+        n_seen += k
+    batch = {"input_ids": input_ids, "attention_mask": attn, "labels": labels,
+             "frame_start": frame_start, "frame_mask": frame_mask,
+             **{k: torch.cat(v) for k, v in evi.items()},
+             "evi_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)}
+    if frames is not None:
+        batch["frames"] = _pad_stack(frames, T)
+    if tower_feats is not None:
+        batch["tower_feats"] = _pad_stack(tower_feats, T)
+    return batch
+
+
+def _pad_stack(xs: Sequence[torch.Tensor], T: int) -> torch.Tensor:
+    """Stack per-video tensors (T_i, ...) into (B, T, ...) with zeros after each video's end."""
+    xs = [torch.as_tensor(x) for x in xs]
+    out = xs[0].new_zeros((len(xs), T, *xs[0].shape[1:]))
+    for b, x in enumerate(xs):
+        out[b, : x.shape[0]] = x
+    return out
