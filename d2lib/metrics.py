@@ -903,7 +903,8 @@ def youcook2_dvc(preds: Mapping[str, Sequence[Mapping]], gt: Mapping[str, Mappin
     Per video: ``Precision@θ``/``Recall@θ`` from :func:`detection_pr` (IoU strictly > θ), ``F1`` =
     F1 of their means over θ; ``CIDEr`` (per-video CIDEr-D, IDF from that video's pairs) and ``METEOR``
     (corpus METEOR of that video's pairs) over the caption pairs at each θ, averaged over θ; ``SODA_c``
-    (:func:`soda_f1` with METEOR of every pred vs every GT caption). Without Java: ``METEOR`` and
+    (:func:`soda_f1` with METEOR of every pred vs every GT caption, scored as TimeChat's ``sodac`` does:
+    the GT caption as hypothesis, the prediction as reference). Without Java: ``METEOR`` and
     ``SODA_c`` are ``None`` (reason in ``not_computed``) and CIDEr is reported as ``CIDEr_simpletok``.
     """
     captioner = _resolve_captioner(captioner)
@@ -949,7 +950,9 @@ def youcook2_dvc(preds: Mapping[str, Sequence[Mapping]], gt: Mapping[str, Mappin
             meteor.append(_mean(captioner.meteor([h for h, _ in c], [r for _, r in c])[0] if c else 0.0
                                 for c in video))
             if soda and ps:
-                met = np.array([captioner.meteor(pc_tok, [g] * len(pc_tok))[1] for g in gc_tok])
+                # TimeChat's sodac (like fujiso/SODA) passes (preds, gt) to compute_score(gts, res): the GT
+                # caption is METEOR's hypothesis and the prediction its reference (METEOR is asymmetric)
+                met = np.array([captioner.meteor([g] * len(pc_tok), pc_tok)[1] for g in gc_tok])
                 soda_c.append(soda_f1(dense_iou_matrix(ps, gs).T, met))
             elif soda:
                 soda_c.append(0.0)
