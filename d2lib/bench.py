@@ -1,0 +1,149 @@
+"""``python -m d2lib.bench``: measured speed of the pipeline, written as JSON (never a timed test).
+
+Reports, from one run on this machine:
+- the wall time of each DVC stage (papermill records it in each executed notebook) and the total
+  against the 30-minute budget of DESIGN §8;
+- decode throughput (frames/s) of the benchmark videos with decord;
+- training throughput of the default model (samples/s, tokens/s; median step time);
+- generation latency per query with and without the KV cache (median, and their ratio);
+- peak resident memory of this process.
+
+Numbers are medians of repeated measurements taken in one run; compare ratios, not absolutes,
+across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config, datasets, paths, synth, tokens, video
+from .model import D2VLM
+from .prepare import write_json_atomic
+
+BUDGET_S = 30 * 60
+
+
+def stage_times(nb_dir: Path | None = None) -> dict[str, float]:
+    """Seconds each executed lesson notebook took, from papermill's metadata."""
+    nb_dir = nb_dir or paths.artifacts("notebooks", mkdir=False)
+    out = {}
+    for nb in sorted(Path(nb_dir).glob("*.ipynb")):
+        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration") is not None:
+            out[nb.stem] = round(float(meta["duration"]), 2)
+    return out
+
+
+def decode_throughput(n_videos: int = 16, size: int = 32) -> dict:
+    """Decode ``n_videos`` test videos at 1 fps; frames per second of wall time."""
+    split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+    vids = sorted(split.metas)[:n_videos]
+    t0, frames = time.perf_counter(), 0
+    for v in vids:
+        frames += len(video.read_frames(split.root / v, fps=1.0, size=size))
+    dt = time.perf_counter() - t0
+    return {"videos": len(vids), "frames": frames, "seconds": round(dt, 3), "frames_per_s": round(frames / dt, 1)}
+
+
+def _model_and_examples(model_dir: str | None, n: int, variant_name: str = "full"):
+    mcfg = config.load_section("model")
+    variant = config.load_section("variants").get(variant_name)
+    tok_dir = paths.artifacts("align", "tokenizer", mkdir=False)
+    tok = tokens.load_tokenizer(tok_dir) if tok_dir.is_dir() else tokens.make_tokenizer(mcfg, [" ".join(synth.vocabulary())])[0]
+    model = D2VLM.from_pretrained(model_dir) if model_dir else D2VLM.build(mcfg, variant, tok)
+    split = "val"
+    loaded = datasets.load_shapes(datasets.shapes_split_dir(split), check_videos=False)
+    cache = datasets.load_frame_cache(datasets.frame_cache_path(split))
+    recs = [r for r in loaded.records if r["task"] == "tvg"][:n]
+    frames = [torch.from_numpy(np.asarray(cache[r["video"]])) for r in recs]
+    return model, tok, variant, recs, frames
+
+
+def train_throughput(batch_size: int = 16, steps: int = 8, model_dir: str | None = None) -> dict:
+    """Median forward+backward+AdamW step time at ``batch_size`` (frames through the tower)."""
+    model, tok, variant, recs, frames = _model_and_examples(model_dir, batch_size)
+    exs = [tokens.encode_example(r, len(f), model.variant, tok) for r, f in zip(recs, frames)]
+    batch = tokens.collate(exs, tok.pad_token_id, frames=frames)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        out = model(**batch)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times[1:])  # the first step warms up
+    n_tok = int(batch["attention_mask"].sum())
+    return {"batch_size": len(exs), "median_step_s": round(step, 4), "samples_per_s": round(len(exs) / step, 1),
+            "tokens_per_s": round(n_tok / step, 1), "tokens_per_batch": n_tok,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def generation_latency(n_queries: int = 8, max_new_tokens: int = 24, model_dir: str | None = None) -> dict:
+    """Median seconds per query (batch 1, greedy) with and without the KV cache."""
+    model, tok, variant, recs, frames = _model_and_examples(model_dir, n_queries)
+    model.eval()
+    res = {}
+    for use_cache in (True, False):
+        times, n_new = [], []
+        for r, f in zip(recs, frames):
+            batch = tokens.collate([tokens.encode_prompt(r, len(f), model.variant, tok)], tok.pad_token_id,
+                                   padding_side="left", frames=[f])
+            t0 = time.perf_counter()
+            gen = model.generate(**batch, tokenizer=tok, max_new_tokens=max_new_tokens, use_cache=use_cache)[0]
+            times.append(time.perf_counter() - t0)
+            n_new.append(len(gen.ids))
+        res["cached" if use_cache else "uncached"] = {"median_s": round(statistics.median(times), 4),
+                                                      "mean_new_tokens": round(float(np.mean(n_new)), 1)}
+    res["speedup"] = round(res["uncached"]["median_s"] / res["cached"]["median_s"], 2)
+    res["trained_model"] = bool(model_dir)
+    return res
+
+
+def peak_memory_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(out: Path, model_dir: str | None = None, threads: int = 2) -> dict:
+    torch.set_num_threads(threads)
+    stages = stage_times()
+    total = round(sum(stages.values()), 1)
+    report = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
+                    "processor": platform.processor() or platform.machine()},
+        "stages_s": stages,
+        "pipeline_total_s": total,
+        "budget_s": BUDGET_S,
+        "budget_met": bool(stages) and total <= BUDGET_S,
+        "decode": decode_throughput(),
+        "train": train_throughput(model_dir=model_dir),
+        "generation": generation_latency(model_dir=model_dir),
+    }
+    report["peak_memory_mb"] = peak_memory_mb()
+    write_json_atomic(report, out)
+    return report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(paths.artifacts("bench.json", mkdir=False)))
+    ap.add_argument("--model", default=None, help="a saved D2VLM folder (default: a fresh model of params.model)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    report = run(Path(args.out), args.model, args.threads)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
