@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "variants": "d2lib.model:VariantsConfig",
     "align": "d2lib.train:AlignConfig",
     "sft": "d2lib.train:SFTConfig",
+    "evaluate": "d2lib.evaluate:EvaluateConfig",
 }
 META_KEYS = {"profile", "profiles"}
 

@@ -46,7 +46,8 @@ class Variant:
     """One ablation row as orthogonal switches (add new mechanisms as new switches).
 
     - ``prefix``: grounding stage ``<evi>×K </evi>`` before the answer (factorized generation);
-    - ``answer_evidence``: the answer refers to events with ``<evi>`` ("evi") or "s - e" text;
+    - ``answer_evidence``: the answer refers to events with ``<evi>`` ("evi") or "s - e" text, or not
+      at all ("none": captions/options only — the grounding-free response mode of stage ``align``);
     - ``head``: "span" (D²VLM: sigmoid per frame, BCE, span decoding), "frame" (E.T. Chat: softmax
       over frames, one frame per token, so an event is a start and an end token), "none" (no heads,
       no ``<evi>``: times are text tokens);
@@ -55,7 +56,7 @@ class Variant:
     """
 
     prefix: bool = True
-    answer_evidence: Literal["evi", "text"] = "evi"
+    answer_evidence: Literal["evi", "text", "none"] = "evi"
     head: Literal["span", "frame", "none"] = "span"
     injection: bool = True
     consistency: bool = True

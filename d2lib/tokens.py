@@ -4,7 +4,9 @@ Taught in lesson ``02_model``. The response layouts follow docs/CONTRACTS.md; wh
 model sees is decided by its variant's switches (:class:`d2lib.model.Variant`):
 
 - ``prefix``: the pure-grounding stage ``<evi>×K </evi>`` before the answer;
-- ``answer_evidence``: the answer refers to each event with ``<evi>`` or with "s - e" text;
+- ``answer_evidence``: the answer refers to each event with ``<evi>`` or with "s - e" text, or
+  not at all (``"none"``: the grounding-free captioning/QA mode of stage ``align``; only dvc, rar
+  and gvq have such an answer — see :data:`NO_EVIDENCE_TASKS`);
 - ``head``: ``frame`` writes every event as a start and an end token (``<evi> - <evi>``),
   ``none`` has no ``<evi>`` at all.
 
@@ -137,6 +139,7 @@ def mean_init_rows(lm, new_ids: Sequence[int]) -> None:
 
 # --- responses ------------------------------------------------------------------------------
 TEMPLATE_WORDS = ["The event happens in", "The evidence is in", "The action happens in"]
+NO_EVIDENCE_TASKS = ("dvc", "rar", "gvq")  # tasks with an answer that cites no time (answer_evidence "none")
 
 
 @dataclass
@@ -205,6 +208,10 @@ def build_response(record: dict, variant) -> Response:
     """The target response of ``record`` in ``variant``'s layout (see module docstring)."""
     spans, task = record_spans(record), record["task"]
     text_answer = variant.answer_evidence == "text" or variant.head == "none"
+    no_evidence = variant.answer_evidence == "none"
+    if no_evidence and task not in NO_EVIDENCE_TASKS:
+        raise ValueError(f"task {task!r} has no answer without evidence (answer_evidence 'none' "
+                         f"supports {', '.join(NO_EVIDENCE_TASKS)})")
     b = _Builder(variant)
     if variant.prefix:
         if variant.head == "none":
@@ -218,6 +225,8 @@ def build_response(record: dict, variant) -> Response:
 
     if task == "tvg":
         b.text("The event happens in "), ev(0), b.text(".")
+    elif task == "gvq" and no_evidence:
+        b.text(_option(record))
     elif task == "gvq":
         b.text(_option(record) + " The evidence is in "), ev(0), b.text(".")
     elif task == "rar":
@@ -227,7 +236,10 @@ def build_response(record: dict, variant) -> Response:
         if len(caps) != len(spans):
             raise ValueError(f"record {record.get('idx')}: dvc needs one caption per span")
         for k, cap in enumerate(caps):
-            b.text(" " if k else ""), ev(k), b.text(f", {_clean(cap)}.")
+            if no_evidence:  # the captions in temporal order
+                b.text((" " if k else "") + f"{_clean(cap)}.")
+            else:
+                b.text(" " if k else ""), ev(k), b.text(f", {_clean(cap)}.")
     elif task == "tal":  # the prompt's format: '<start> - <end>, <start> - <end>'
         for k in range(len(spans)):
             b.text(", " if k else ""), ev(k)

@@ -126,21 +126,62 @@ class TrainConfig:
         return f"{self.section}.{name}"
 
 
+STAGE_TASKS = ("tvg", "dvc", "tal", "rar", "gvq")  # the Shapes tasks a stage can train on
+
+
 @dataclass(frozen=True)
-class AlignConfig(TrainConfig):
-    """``align``: vision tower, pooling, projector and LM trained fully at ``lr`` (no LoRA)."""
+class StageConfig(TrainConfig):
+    """A pipeline stage's training section: :class:`TrainConfig` plus what the stage functions
+    (``d2lib.align.run``, ``d2lib.sft.run``) read around :func:`fit` — ``fit`` ignores these.
+
+    ``tasks``: the training records' tasks; ``eval_max_queries``: validation queries scored by
+    generation (0: all); ``eval_batch_size``: prompts per generation batch; ``max_new_tokens``:
+    generation length limit.
+    """
+
+    tasks: tuple[str, ...] = STAGE_TASKS
+    eval_max_queries: int = 0
+    eval_batch_size: int = 32
+    max_new_tokens: int = 48
+
+    def __post_init__(self):
+        super().__post_init__()
+        k = self.section
+        check(len(self.tasks) > 0 and all(t in STAGE_TASKS for t in self.tasks), f"{k}.tasks",
+              f"give one or more of {', '.join(STAGE_TASKS)}, got {list(self.tasks)}")
+        check(self.eval_max_queries >= 0, f"{k}.eval_max_queries", f"must be >= 0, got {self.eval_max_queries}")
+        check(self.eval_batch_size >= 1, f"{k}.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        check(self.max_new_tokens >= 1, f"{k}.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class AlignConfig(StageConfig):
+    """``align`` (lesson 03_align): vision tower, pooling, projector and LM trained fully at ``lr``
+    (no LoRA) on the grounding-free tasks (captions in order, multiple choice)."""
 
     section: ClassVar[str] = "align"
     lr: float = 1e-3
     head_modules: tuple[str, ...] = ()
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(enabled=False))
+    tasks: tuple[str, ...] = ("dvc", "rar", "gvq")
+    contrastive_weight: float = 1.0  # video–text contrastive term (d2lib.videotext); 0: captioning/QA only
+    contrastive_pairs: Literal["frame", "video"] = "frame"  # CLIP-style frame–caption pairs / MIL per video
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.contrastive_weight >= 0, "align.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
 
 
 @dataclass(frozen=True)
-class SFTConfig(TrainConfig):
-    """``sft``: LoRA on the LM attention + embeddings/lm_head/heads trained fully (paper §4)."""
+class SFTConfig(StageConfig):
+    """``sft`` (lesson 04_sft_lora): LoRA on the LM attention + embeddings/lm_head/heads trained
+    fully (paper §4), on cached features of the frozen vision tower."""
 
     section: ClassVar[str] = "sft"
+    # The paper freezes its (pre-trained) ViT and SFT reads cached features. A from-scratch tiny tower is
+    # not ready after a short align (lesson 03/04 measure it), so it may keep training here, on the
+    # uint8 frame cache, at `lr`; its final features are then cached by the stage for FPO and evaluation.
+    train_tower: bool = False
 
 
 # ============================================================================ schedule
@@ -462,6 +503,28 @@ class CsvLog:
             return self._rewrite()
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.fields).writerow(row)
+
+
+LOSS_COLUMNS = ("loss", "lm_loss", "grounding_loss", "consistency_loss")
+
+
+def export_loss_plot(loss_csv: str | os.PathLike, out_csv: str | os.PathLike,
+                     columns: Sequence[str] = LOSS_COLUMNS) -> Path:
+    """Copy ``step`` and the loss ``columns`` of a run's ``loss.csv`` to ``out_csv`` (atomically), the
+    file a stage declares under ``plots:`` in dvc.yaml (``dvc plots show`` draws every column vs step).
+    Columns the run did not log are skipped."""
+    with open(loss_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = ["step", *(c for c in columns if rows and c in rows[0])]
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out)
+    return out
 
 
 # ============================================================================ the loop

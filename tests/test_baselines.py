@@ -4,6 +4,7 @@ import pytest
 
 from d2lib.baselines import normalised_mean_span, prior_span, random_span
 from d2lib.metrics import charades_sta
+from d2lib.spans import iou
 
 
 def test_random_span_bounds_order_and_determinism():
@@ -50,3 +51,73 @@ def test_prior_baseline_scores_on_charades_metric():
     out = charades_sta(preds, gts)
     # IoU 1 for the first; [5,15] vs [0,10]: inter 5 / hull 15 = 1/3 -> R@0.3 = 1, R@0.5 = 1/2, mIoU 2/3
     assert out["R1@0.3"] == 1.0 and out["R1@0.5"] == 0.5 and out["mIoU"] == pytest.approx(2 / 3)
+
+
+# --- TFVTG-style scorer ---------------------------------------------------------------------------
+from d2lib.baselines import (  # noqa: E402
+    boundary_scores, gaussian_smooth, static_scores, tfvtg_proposals, tfvtg_scores, tfvtg_span,
+)
+
+
+def test_tfvtg_plateau_is_the_answer():
+    sim = np.zeros(30)
+    sim[11:18] = 1.0  # frames 11..17
+    assert tfvtg_span(sim) == [11.0, 17.0]
+    assert tfvtg_span(sim, dynamic_weight=0.0) == [11.0, 17.0]  # static score alone finds it too
+    # a noisy plateau on a noisy floor, and an offset/scale change of the curve
+    rng = np.random.default_rng(0)
+    noisy = sim + rng.normal(0, 0.15, 30)
+    assert tfvtg_span(noisy) == [11.0, 17.0]
+    assert tfvtg_span(3.0 * noisy - 7.0) == [11.0, 17.0]
+
+
+def test_tfvtg_higher_plateau_wins_and_fps():
+    sim = np.zeros(40)
+    sim[4:9], sim[25:31] = 0.5, 1.0
+    assert tfvtg_span(sim) == [25.0, 30.0]
+    assert tfvtg_span(sim, fps=2.0) == [12.5, 15.0]  # frame t = second t / fps
+
+
+def test_static_scores_hand_values():
+    S = static_scores([0.0, 2.0, 2.0, 0.0, 0.0])
+    # [1, 2]: inside mean 2, outside (0 + 0 + 0) / 3 = 0 -> 2; [0, 1]: 1 - 2/3 = 1/3
+    assert S[1, 2] == pytest.approx(2.0) and S[0, 1] == pytest.approx(1 / 3)
+    assert S[0, 4] == 0.0 and np.isneginf(S[3, 1])  # whole video; reversed span
+    S2 = static_scores([0.0, 2.0, 2.0, 0.0, 0.0], min_len=2, max_len=3)
+    assert np.isneginf(S2[1, 1]) and np.isneginf(S2[0, 3]) and np.isfinite(S2[1, 3])
+
+
+def test_min_len_prevents_zero_length_answers():
+    sim = np.zeros(20)
+    sim[10] = 5.0  # one spike: the best single frame would be the zero-length span [10, 10]
+    s, e = tfvtg_span(sim, min_len=3)
+    assert e - s == 2 and s <= 10 <= e
+
+
+def test_dynamic_score_sharpens_boundaries():
+    # a ramp up over 6..9 then a plateau to 14: the rise puts the start where the curve climbs
+    sim = np.r_[np.zeros(6), np.linspace(0.2, 0.8, 4), np.ones(5), np.zeros(6)]
+    rise, fall = boundary_scores(sim, width=2, sigma=0)
+    assert int(np.argmax(rise)) in (6, 7, 8) and int(np.argmax(fall)) == 14
+    S = tfvtg_scores(sim, dynamic_weight=2.0, width=2, sigma=0)
+    s, e = np.unravel_index(np.argmax(S), S.shape)
+    assert e == 14 and 6 <= s <= 10
+
+
+def test_tfvtg_proposals_nms_and_order():
+    sim = np.zeros(30)
+    sim[3:7], sim[18:24] = 1.0, 0.9
+    props = tfvtg_proposals(sim, top_k=3, nms_iou=0.3)
+    assert [p for p, _ in props[:2]] == [[3.0, 6.0], [18.0, 23.0]]
+    scores = [s for _, s in props]
+    assert scores == sorted(scores, reverse=True)
+    for i, (a, _) in enumerate(props):  # survivors overlap each other by at most nms_iou
+        for b, _ in props[i + 1:]:
+            assert iou([a[0], a[1] + 1], [b[0], b[1] + 1]) <= 0.3
+
+
+def test_gaussian_smooth_preserves_mass_and_constants():
+    x = np.r_[np.zeros(10), 1.0, np.zeros(10)]
+    assert gaussian_smooth(x, 1.5).sum() == pytest.approx(1.0)
+    assert gaussian_smooth(np.full(7, 2.0), 3.0) == pytest.approx(np.full(7, 2.0))
+    assert gaussian_smooth(x, 0).tolist() == x.tolist()

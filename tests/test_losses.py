@@ -1,15 +1,10 @@
 """d2lib.losses: each loss against its formula written out by hand, masks, and gradients."""
-import doctest
 import math
 
 import torch
 
 from d2lib import losses
 from d2lib.spans import soft_targets
-
-
-def test_doctests():
-    assert doctest.testmod(losses).failed == 0
 
 
 def test_grounding_bce_formula_and_mask():

@@ -52,7 +52,10 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     metrics = json.loads((repo / "artifacts" / "metrics" / "prepare.json").read_text())
     assert metrics["train"]["videos"] == 6  # the smoke profile's prepare.train_videos
     assert (repo / "artifacts" / "prepare" / "frames_test.npz").is_file()
-    assert (repo / "artifacts" / "notebooks" / "01_video_data.ipynb").is_file()
+    for nb in ("01_video_data", "02_model", "03_align", "04_sft_lora", "06_evaluation"):
+        assert (repo / "artifacts" / "notebooks" / f"{nb}.ipynb").is_file(), nb
+    for stage in ("align", "sft", "evaluate"):
+        assert json.loads((repo / "artifacts" / "metrics" / f"{stage}.json").read_text()), stage
 
     status = _run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status, status

@@ -1,6 +1,5 @@
 """d2lib.tokens: word-level tokenizer, special tokens, response layouts per variant (CONTRACTS.md),
 example encoding/collation and rendering."""
-import doctest
 
 import pytest
 import torch
@@ -21,10 +20,6 @@ V = VariantsConfig()
 @pytest.fixture(scope="module")
 def tok():
     return tokens.train_word_tokenizer(tokens.record_texts(RECS), max_seconds=12)
-
-
-def test_doctests():
-    assert doctest.testmod(tokens).failed == 0
 
 
 def test_contract_layouts_full():

@@ -1,0 +1,131 @@
+"""Uncertainty of benchmark numbers: percentile bootstrap confidence intervals over samples.
+
+Taught in lesson ``06_evaluation`` (headline numbers ± 95% CI) and used again by the ablations
+(``07_ablations``: variants × seeds). A benchmark score is a statistic of a finite sample of test
+queries; resampling the queries with replacement shows how much it would move on another draw of
+the same size. The percentile interval is the ``(1−level)/2`` and ``(1+level)/2`` quantiles of the
+statistic over ``n_boot`` resamples. It says nothing about other seeds of training — that is what
+the ablation's seeds are for.
+
+All functions are pure: randomness comes only from ``numpy.random.default_rng(seed)``.
+
+>>> ci = bootstrap_ci([0, 1, 1, 1], n_boot=2000, seed=0)
+>>> ci.estimate, ci.low <= ci.estimate <= ci.high
+(0.75, True)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["CI", "bootstrap_ci", "bootstrap_indices", "mean_of_means_ci", "paired_bootstrap_diff"]
+
+
+@dataclass(frozen=True)
+class CI:
+    """A point estimate with a percentile-bootstrap interval ``[low, high]`` at ``level``."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    n: int
+    n_boot: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``(n_boot, n)`` row indices drawn uniformly with replacement (the resamples).
+
+    >>> bootstrap_indices(3, 2, seed=0).shape
+    (2, 3)
+    """
+    if n <= 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _check(level: float, n_boot: int) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def bootstrap_ci(values: Sequence | np.ndarray, statistic: Callable[[np.ndarray], float] | None = None,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> CI:
+    """Percentile bootstrap CI of ``statistic(values)`` resampling the **rows** of ``values``.
+
+    ``values``: per-sample scores ``(n,)`` (e.g. 1/0 hits, IoUs, per-sample F1), or ``(n, k)`` rows
+    for statistics of several columns (e.g. per-video precision and recall → F1 of the means).
+    ``statistic`` maps a resampled array to a number; default the mean (vectorised). The estimate
+    is ``statistic(values)`` on the original sample.
+
+    >>> ci = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)], seed=1)
+    >>> round(ci.estimate, 2), 0.38 < ci.low < 0.45, 0.55 < ci.high < 0.62
+    (0.5, True, True)
+    >>> f1 = lambda pr: 2 * pr[:, 0].mean() * pr[:, 1].mean() / (pr[:, 0].mean() + pr[:, 1].mean())
+    >>> bootstrap_ci([[1.0, 0.5], [1.0, 0.5]], f1, n_boot=10).estimate  # every resample is the same
+    0.6666666666666666
+    """
+    _check(level, n_boot)
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    idx = bootstrap_indices(n, n_boot, seed)
+    if statistic is None:
+        estimate = float(x.mean(axis=0)) if x.ndim == 1 else None
+        if estimate is None:
+            raise ValueError("the default statistic (mean) needs 1-D values; pass a statistic for rows")
+        boots = x[idx].mean(axis=1)
+    else:
+        estimate = float(statistic(x))
+        boots = np.array([statistic(x[i]) for i in idx], dtype=float)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return CI(estimate, float(lo), float(hi), level, n, n_boot)
+
+
+def mean_of_means_ci(groups: Sequence[Sequence[float]], n_boot: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> CI:
+    """CI of the unweighted mean of group means (e.g. E.T. Bench's merged "F1(gnd)" = mean of the
+    per-task F1s), resampling **within** each group (a stratified bootstrap: every resample keeps each
+    task's size). ``n`` in the result is the total number of samples.
+
+    >>> ci = mean_of_means_ci([[1, 1, 1, 1], [0, 0]], n_boot=200)
+    >>> ci.estimate, ci.low, ci.high  # no variation inside either group
+    (0.5, 0.5, 0.5)
+    """
+    _check(level, n_boot)
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    if not groups or any(g.ndim != 1 or g.size == 0 for g in groups):
+        raise ValueError("need one or more non-empty 1-D groups")
+    rng = np.random.default_rng(seed)
+    boots = np.mean([g[rng.integers(0, g.size, size=(n_boot, g.size))].mean(axis=1) for g in groups], axis=0)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return CI(float(np.mean([g.mean() for g in groups])), float(lo), float(hi), level,
+              int(sum(g.size for g in groups)), n_boot)
+
+
+def paired_bootstrap_diff(a: Sequence, b: Sequence, n_boot: int = 1000, level: float = 0.95,
+                          seed: int = 0) -> CI:
+    """CI of ``mean(a) − mean(b)`` for two systems scored on the **same** samples (resampled together,
+    so the per-sample difficulty cancels). An interval that excludes 0 is a difference the test set
+    resolves.
+
+    >>> paired_bootstrap_diff([1, 1, 0, 1], [0, 1, 0, 0], n_boot=500).estimate
+    0.5
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
+    return bootstrap_ci(a - b, n_boot=n_boot, level=level, seed=seed)
