@@ -30,7 +30,7 @@ data: venv
 repro: data
 	$(BIN)/dvc repro
 
-test: venv
+test: data
 	$(BIN)/python -m pytest -q
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
