@@ -42,6 +42,8 @@ SECTIONS: dict[str, str] = {
     "align": "d2lib.train:AlignConfig",
     "sft": "d2lib.train:SFTConfig",
     "evaluate": "d2lib.evaluate:EvaluateConfig",
+    "ablation": "d2lib.ablation:AblationConfig",
+    "fpo": "d2lib.fpo:FPOConfig",
 }
 META_KEYS = {"profile", "profiles"}
 

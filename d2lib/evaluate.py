@@ -27,6 +27,7 @@ Nothing here is tuned on the test split: the TFVTG knobs are chosen on val (less
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -108,7 +109,9 @@ class EvaluateConfig:
     dvc.yaml too. ``baselines``: any of random, prior, whole, tfvtg. ``max_videos``: evaluate the records of
     the first N videos (sorted by name; 0 = all — smoke runs use a few). ``caption_metrics``: METEOR,
     SODA_c, PTB-tokenized CIDEr (Java) and SentSim (MiniLM); ``false`` skips the ~40 s of loading them
-    (smoke) and reports them as not computed. ``n_boot``/``ci_level``: bootstrap CIs of the headlines.
+    (smoke) and reports them as not computed; ``meteor: false`` keeps SentSim but skips the Java scorers
+    (METEOR, SODA_c, PTB-tokenized CIDEr; the ablation's cells, d2lib.ablation). ``n_boot``/``ci_level``:
+    bootstrap CIs of the headlines.
     ``num_threads``: torch threads (0 leaves torch's setting).
     """
 
@@ -120,6 +123,7 @@ class EvaluateConfig:
     batch_size: int = 32
     max_new_tokens: int = 96
     caption_metrics: bool = True
+    meteor: bool = True
     seed: int = 0
     n_boot: int = 1000
     ci_level: float = 0.95
@@ -419,10 +423,24 @@ def record_rows(system: str, answered: Sequence[Mapping], delimiter: str | None,
 # --------------------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------------------
-def _scorers(caption_metrics: bool):
-    """``(embed, captioner)`` for :mod:`d2lib.metrics`: MiniLM + METEOR/PTB (Java), or neither."""
+@functools.lru_cache(maxsize=8192)
+def _minilm_cached(texts: tuple[str, ...]) -> np.ndarray:
+    out = metrics.load_minilm()(list(texts))
+    out.setflags(write=False)  # shared between callers
+    return out
+
+
+def minilm_embed(texts) -> np.ndarray:
+    """The MiniLM sentence embeddings of ``metrics`` ("minilm"), memoised per list of texts: scoring a
+    system and building its per-record rows embed the same (answer, options) lists — once each now."""
+    return _minilm_cached(tuple(texts))
+
+
+def _scorers(caption_metrics: bool, meteor: bool = True):
+    """``(embed, captioner)`` for :mod:`d2lib.metrics`: MiniLM + METEOR/PTB (Java), or neither; with
+    ``meteor=False`` MiniLM only (no Java: METEOR/SODA_c not computed)."""
     if caption_metrics:
-        return "minilm", metrics.get_caption_scorer()
+        return minilm_embed, metrics.get_caption_scorer() if meteor else metrics.get_caption_scorer(use_java=False)
     return None, metrics.get_caption_scorer(use_java=False)
 
 
@@ -491,12 +509,12 @@ def write_predictions(out_dir: str | Path, answered: Sequence[Mapping], delimite
 
 
 def score_system(answered: Sequence[Mapping], delimiter: str | None, files: Mapping[str, str] | None = None,
-                 caption_metrics: bool = True, seed: int = 0) -> dict[str, Any]:
+                 caption_metrics: bool = True, seed: int = 0, meteor: bool = True) -> dict[str, Any]:
     """Every protocol on one system's answers: ``{"etbench", "charades", "youcook2"}`` (full outputs of
     :func:`d2lib.metrics.evaluate_etbench`, :func:`~d2lib.metrics.charades_sta_from_text` and
     :func:`~d2lib.metrics.youcook2_dvc`). tvg/dvc are scored from the TimeChat ``files`` when given
     (what the public evaluators read), else from the answers."""
-    embed, captioner = _scorers(caption_metrics)
+    embed, captioner = _scorers(caption_metrics, meteor)
     out: dict[str, Any] = {"etbench": metrics.evaluate_etbench(answered, delimiter=delimiter, embed=embed,
                                                                 captioner=captioner, seed=seed)}
     tvg = [r for r in answered if r["task"] == "tvg"]
@@ -580,8 +598,8 @@ def evaluate_system(name: str, kind: str, answered: Sequence[Mapping], delimiter
     answered = [dict(r) for r in answered]
     out_dir = Path(out_root) / name
     files = write_predictions(out_dir, answered, delimiter, cfg.split)
-    scores = score_system(answered, delimiter, files, cfg.caption_metrics, cfg.seed)
-    embed = (lambda texts: metrics.load_minilm()(texts)) if cfg.caption_metrics else None  # noqa: E731 (lazy)
+    scores = score_system(answered, delimiter, files, cfg.caption_metrics, cfg.seed, cfg.meteor)
+    embed = minilm_embed if cfg.caption_metrics else None
     rows = record_rows(name, answered, delimiter, metas, embed=embed)
     m = compact(scores)
     m["ci"] = headline_cis(rows, cfg.n_boot, cfg.ci_level, cfg.seed, evidence=delimiter is not None)

@@ -127,6 +127,12 @@ class ModelConfig:
     motion: Literal["auto", "channels", "second_pass", "none"] = "auto"
     diff_scale: float = 4.0
     temporal_kernel: int = 3
+    # frame-token scale: "embed" ends the projector with a LayerNorm whose gain starts at the text
+    # embeddings' std (frame and text tokens enter the LM at the same scale); "none": the raw MLP output.
+    # Measured (tiny, at init): with "embed" the bidirectional frame attention averages the frame states
+    # (frame-to-frame variation at hidden_states[-2] 0.12 vs 0.38 with "none"); no grounding gain seen.
+    frame_norm: Literal["embed", "none"] = "none"
+    pool_query_std: float | None = None  # init std of AttnPool's learned query (logits = k·q/√d); None: dim^-0.5
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_frames: int = 64
@@ -151,6 +157,7 @@ class ModelConfig:
         check(0.0 < self.decode_ratio <= 1.0, "model.decode_ratio", "must be in (0, 1]")
         check(self.grounding_weight >= 0 and self.consistency_weight >= 0, "model.grounding_weight",
               "loss weights must be >= 0")
+        check(self.pool_query_std is None or self.pool_query_std > 0, "model.pool_query_std", "must be > 0 or null")
         check(self.temporal_kernel >= 0 and self.temporal_kernel % 2 == 1 or self.temporal_kernel == 0,
               "model.temporal_kernel", "must be 0 (off) or odd")
         check(not (self.preset == "phi3-mini" and self.motion == "channels" and not self.random_init),
@@ -172,11 +179,11 @@ def mlp_head(width: int, hidden: int) -> nn.Sequential:
 class AttnPool(nn.Module):
     """A learned query per stream attends over patch tokens: (N, S, P, D) → (N, S, D)."""
 
-    def __init__(self, dim: int, n_streams: int):
+    def __init__(self, dim: int, n_streams: int, query_std: float | None = None):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.key = nn.Linear(dim, dim)
-        self.query = nn.Parameter(torch.randn(n_streams, dim) * dim ** -0.5)
+        self.query = nn.Parameter(torch.randn(n_streams, dim) * (dim ** -0.5 if query_std is None else query_std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.key(self.norm(x))  # (N, S, P, D)
@@ -270,9 +277,15 @@ class D2VLM(nn.Module):
         self.lm, self.tower = lm, tower
         self.n_streams = 2 if cfg.motion_mode == "second_pass" else 1
         dv, h = tower.config.hidden_size, lm.config.hidden_size
-        self.pool = AttnPool(dv, self.n_streams)
+        self.pool = AttnPool(dv, self.n_streams, cfg.pool_query_std)
         self.temporal = TemporalMix(self.n_streams * dv, cfg.temporal_kernel)
-        self.projector = nn.Sequential(nn.Linear(self.n_streams * dv, h), nn.GELU(), nn.Linear(h, h))
+        proj = [nn.Linear(self.n_streams * dv, h), nn.GELU(), nn.Linear(h, h)]
+        if cfg.frame_norm == "embed":  # frame tokens at the text embeddings' scale
+            norm = nn.LayerNorm(h)
+            with torch.no_grad():
+                norm.weight.fill_(float(lm.get_input_embeddings().weight.float().std()))
+            proj.append(norm)
+        self.projector = nn.Sequential(*proj)
         self.frm_head = mlp_head(h, max(h // 2, 1))
         self.evi_head = mlp_head(h, max(h // 2, 1))
         n_layers = lm.config.num_hidden_layers

@@ -110,3 +110,97 @@ def loss_curves(df, x: str = "step", ys: Sequence[str] = ("loss",), ax=None, tit
 def span_label(span) -> str:
     """``"s - e"`` as shown to users."""
     return format_span(span)
+
+
+# --- ablation figures (lesson 07_ablations, d2lib.ablation, d2lib.widgets) ---------------------------
+def _interval(d, kind: str = "t"):
+    """(mean, low, high) columns ×100 of an ablation table slice; ``kind`` "t" (over seeds) or "boot"."""
+    lo, hi = ("low", "high") if kind == "t" else ("boot_low", "boot_high")
+    return 100 * d["mean"].to_numpy(float), 100 * d[lo].to_numpy(float), 100 * d[hi].to_numpy(float)
+
+
+def _yerr(mean, lo, hi):
+    """Error-bar lengths from an interval; NaN (one seed) draws no bar."""
+    low = np.where(np.isfinite(lo), mean - lo, 0.0)
+    high = np.where(np.isfinite(hi), hi - mean, 0.0)
+    return np.vstack([low, high])
+
+
+def metric_bars(table, metrics: Sequence[str], rows: Sequence[str], ax=None, labels: Mapping[str, str] | None = None,
+                interval: str = "t", title: str | None = None):
+    """Grouped bars: one group per metric, one bar per row, mean ×100 with its interval as error bars.
+
+    ``table``: the long ablation table of :func:`d2lib.ablation.summarize` (columns ``row, metric,
+    mean, low, high, boot_low, boot_high``); ``interval``: ``"t"`` (over seeds) or ``"boot"`` (over
+    test videos). Returns the axes."""
+    labels = labels or {}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics) * max(1, len(rows)) / 3), 3.6))
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(metrics))
+    for j, row in enumerate(rows):
+        d = table[table["row"] == row].set_index("metric").reindex(list(metrics))
+        mean, lo, hi = _interval(d, interval)
+        pos = x + (j - (len(rows) - 1) / 2) * width
+        ax.bar(pos, np.nan_to_num(mean), width, label=labels.get(row, row), color=PALETTE[j % len(PALETTE)])
+        ax.errorbar(pos, mean, yerr=_yerr(mean, lo, hi), fmt="none", ecolor="k", lw=0.8, capsize=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(metrics), fontsize=8, rotation=20 if len(metrics) > 4 else 0)
+    ax.set_ylabel("score ×100")
+    ax.legend(fontsize=7, ncol=min(len(rows), 5))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def cumulative_ablation(table, chain: Sequence[str], metrics: Sequence[str] = ("F1(gnd)", "F1(cap)"),
+                        paper: Mapping[str, Mapping[str, float]] | None = None,
+                        labels: Mapping[str, str] | None = None, interval: str = "t"):
+    """The cumulative ablation (each row adds one mechanism to the previous): one panel per metric,
+    ours (mean ×100 with error bars) along ``chain`` and, where ``table`` has it, the paper's numbers
+    (column ``paper``, or ``paper={row: {metric: value}}``) dashed on the same axes. Returns the figure."""
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.6), squeeze=False)
+    x = np.arange(len(chain))
+    for ax, metric in zip(axes[0], metrics):
+        d = table[table["metric"] == metric].set_index("row").reindex(list(chain))
+        mean, lo, hi = _interval(d, interval)
+        ax.errorbar(x, mean, yerr=_yerr(mean, lo, hi), marker="o", capsize=3, color=PALETTE[0], label="Shapes (ours)")
+        if paper is not None:
+            pv = np.array([paper.get(r, {}).get(metric, np.nan) for r in chain], dtype=float)
+        else:
+            pv = d["paper"].to_numpy(float) if "paper" in d else np.full(len(chain), np.nan)
+        if np.isfinite(pv).any():
+            ax.plot(x, pv, ls="--", marker="s", color=PALETTE[1], label="paper (E.T. Bench)")
+        ax.set_xticks(x)
+        ax.set_xticklabels([labels.get(r, r) for r in chain], rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel(f"{metric} ×100")
+        ax.set_title(metric, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def row_bars(table, per_seed, metric: str, rows: Sequence[str], ax=None, labels: Mapping[str, str] | None = None,
+             interval: str = "t", title: str | None = None):
+    """One bar per row for one metric: mean ×100 with its interval and each seed's value as a dot
+    (``per_seed``: long DataFrame ``row, seed, metric, value`` of :func:`d2lib.ablation.cells_frame`)."""
+    labels = labels or {}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4, 1.1 * len(rows)), 3.2))
+    d = table[table["metric"] == metric].set_index("row").reindex(list(rows))
+    mean, lo, hi = _interval(d, interval)
+    x = np.arange(len(rows))
+    ax.bar(x, np.nan_to_num(mean), 0.6, color=[PALETTE[j % len(PALETTE)] for j in range(len(rows))], alpha=0.85)
+    ax.errorbar(x, mean, yerr=_yerr(mean, lo, hi), fmt="none", ecolor="k", lw=1, capsize=3)
+    if per_seed is not None and len(per_seed):
+        for j, row in enumerate(rows):
+            v = per_seed[(per_seed["row"] == row) & (per_seed["metric"] == metric)]["value"].dropna()
+            ax.scatter(np.full(len(v), j) + np.linspace(-0.12, 0.12, max(len(v), 1))[: len(v)], 100 * v.to_numpy(float),
+                       s=12, color="k", zorder=3)
+    ax.set_xticks(x)
+    ax.set_xticklabels([labels.get(r, r) for r in rows], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(f"{metric} ×100")
+    ax.set_title(title or f"{metric}: mean ± {'t-interval over seeds' if interval == 't' else 'bootstrap over videos'}",
+                 fontsize=9)
+    return ax

@@ -136,6 +136,25 @@ def test_shapes_and_cached_tower(data):
     assert not out.score_mask[b["evi_batch"] == 1, 9:].any()  # padded frames of the 9-frame video
 
 
+def test_frame_norm_and_pool_query_knobs(data, tmp_path):
+    """model.frame_norm=embed puts frame tokens at the text-embedding scale (and survives save/load);
+    model.pool_query_std sets the pooling query's init scale (None: width^-0.5, the default)."""
+    recs, vids, tok = data
+    b = batch_for(recs[:2], vids[:2], VariantsConfig().full, tok)
+    m = build(tok, frame_norm="embed", pool_query_std=1.0)
+    with torch.no_grad():
+        ft = m.frame_tokens(m.encode_tower(b["frames"]), b["frame_mask"])
+    text = m.lm.get_input_embeddings().weight.norm(dim=-1).mean()
+    assert 0.5 < float(ft.norm(dim=-1).mean() / text) < 2.0
+    assert 0.7 < float(m.pool.query.std()) < 1.3
+    assert abs(float(build(tok).pool.query.std()) * 8 - 1) < 0.3  # default: 64^-0.5
+    m.save_pretrained(tmp_path / "m")
+    again = D2VLM.from_pretrained(tmp_path / "m")
+    assert again.cfg.frame_norm == "embed" and torch.equal(again.projector[-1].weight, m.projector[-1].weight)
+    with pytest.raises(ConfigError):
+        ModelConfig(pool_query_std=0.0)
+
+
 def test_early_states_equal_injection_layer_hidden_states(data):
     recs, vids, tok = data
     m = build(tok, "no_visual_injection")

@@ -33,6 +33,33 @@ def _run(cmd, cwd, env):
     return res.stdout + res.stderr
 
 
+# The ablation's DVC `matrix` stages take their items (variants × seeds) from params.yaml when DVC parses
+# dvc.yaml, before any profile applies: the smoke run shrinks the lists themselves (one row, one seed,
+# and the FPO row when the stage exists); profiles.smoke.ablation shrinks each cell's schedule.
+SMOKE_ABLATION = {"variants": ["full"], "preference": ["fpo"], "seeds": [0]}
+
+
+def _smoke_ablation_matrix(params: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load(params.read_text())
+    if "ablation" not in raw:
+        return
+    lists = dict(SMOKE_ABLATION)
+    if "ablation_pref" not in (params.parent / "dvc.yaml").read_text():
+        lists["preference"] = []
+    lines, out, inside = params.read_text().splitlines(), [], False
+    for line in lines:  # rewrite the three list lines of the top-level `ablation:` block, comments kept
+        if not line.startswith(" "):
+            inside = line.startswith("ablation:")
+        key = line.strip().split(":", 1)[0]
+        if inside and line.startswith("  ") and not line.startswith("   ") and key in lists:
+            line = f"  {key}: [{', '.join(map(str, lists[key]))}]"
+        out.append(line)
+    params.write_text("\n".join(out) + "\n")
+    assert {k: yaml.safe_load(params.read_text())["ablation"][k] for k in lists} == lists
+
+
 @pytest.mark.slow
 def test_dvc_repro_smoke_pipeline(tmp_path):
     repo = tmp_path / "clone"
@@ -40,6 +67,7 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     _copy_repo(repo)
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("profile: default", "profile: smoke", 1))
+    _smoke_ablation_matrix(params)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
     env.pop("D2LIB_ROOT", None)
@@ -56,6 +84,11 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
         assert (repo / "artifacts" / "notebooks" / f"{nb}.ipynb").is_file(), nb
     for stage in ("align", "sft", "evaluate"):
         assert json.loads((repo / "artifacts" / "metrics" / f"{stage}.json").read_text()), stage
+
+    ablation = json.loads((repo / "artifacts" / "metrics" / "ablation.json").read_text())
+    assert set(ablation["rows"]) >= {"full"} and ablation["timing"]["n_cells"] >= 1
+    assert (repo / "artifacts" / "ablation" / "full" / "0" / "metrics.json").is_file()
+    assert (repo / "artifacts" / "notebooks" / "07_ablations.ipynb").is_file()
 
     status = _run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status, status

@@ -65,12 +65,36 @@ def test_notebooks_stored_clean_with_parameters_tag():
                 assert re.fullmatch(r"[A-Z_][A-Z0-9_]*", name)
 
 
+def _expand_matrix(stages: dict, raw: dict) -> dict:
+    """DVC ``matrix`` stages as one stage per item, ``${item.<k>}`` substituted (items from params)."""
+    import itertools
+
+    def lookup(ref):
+        node = raw
+        for part in ref.strip("${}").split("."):
+            node = node[part]
+        return node
+
+    out = {}
+    for name, stage in stages.items():
+        if "matrix" not in stage:
+            out[name] = stage
+            continue
+        dims = {k: lookup(v) if isinstance(v, str) else v for k, v in stage["matrix"].items()}
+        for combo in itertools.product(*dims.values()):
+            text = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+            for k, v in zip(dims, combo):
+                text = text.replace("${item.%s}" % k, str(v))
+            out[f"{name}@{'-'.join(map(str, combo))}"] = yaml.safe_load(text)
+    return out
+
+
 def test_dvc_stages_list_existing_params_and_deps():
     from d2lib import config
 
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     raw = config.read_yaml(ROOT / "params.yaml")
-    for name, stage in dvc["stages"].items():
+    for name, stage in _expand_matrix(dvc["stages"], raw).items():
         for p in stage.get("params", []):
             for key in ([p] if isinstance(p, str) else [k for d in p.values() for k in d]):
                 node = raw
