@@ -45,6 +45,7 @@ only comparable with each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -395,15 +396,61 @@ def load_test(acfg: AblationConfig):
 def evaluate_cell(model, tokenizer, row: str, out_dir: str | Path, acfg: AblationConfig, test):
     """Answer the test records with ``model`` (its own tower encodes each video once) and score them
     with :func:`d2lib.evaluate.evaluate_system`; files under ``out_dir/evaluate/<row>/``."""
-    from . import data, evaluate, infer
+    from . import data, evaluate, infer, tokenbudget
 
     records, frames, metas = test
     t0 = time.perf_counter()
-    feats = data.tower_features(model, {v: frames[v] for v in {r["video"] for r in records}})
-    answered = infer.predict(model, records, feats, tokenizer, batch_size=acfg.eval_batch_size,
-                             max_new_tokens=acfg.max_new_tokens)
-    return evaluate.evaluate_system(row, "model", answered, evaluate.answer_delimiter(model.variant), metas,
-                                    eval_config(acfg), Path(out_dir) / "evaluate", time.perf_counter() - t0)
+    with count_frame_tokens(model) as counts:
+        feats = data.tower_features(model, {v: frames[v] for v in {r["video"] for r in records}})
+        keep = tokenbudget.keep_masks(model.variant, {v: frames[v] for v in {r["video"] for r in records}})  # DiffFP
+        answered = infer.predict(model, records, feats, tokenizer, batch_size=acfg.eval_batch_size,
+                                 max_new_tokens=acfg.max_new_tokens, keep=keep)
+    t_infer = time.perf_counter() - t0
+    system = evaluate.evaluate_system(row, "model", answered, evaluate.answer_delimiter(model.variant), metas,
+                                      eval_config(acfg), Path(out_dir) / "evaluate", t_infer)
+    system.metrics["inference"] = inference_summary(t_infer, records, frames, counts)
+    return system
+
+
+@contextlib.contextmanager
+def count_frame_tokens(model):
+    """Count the frame tokens the LM reads while generating (lesson ``08_peers``: the token budget of a
+    row). Wraps ``model.embed`` (called once per prompt batch at prefill): per prompt, the number of
+    ``<video>`` slots in ``input_ids`` that ``frame_mask`` keeps. Yields the list it fills (one count
+    per prompt); empty when the model has no ``embed``/``<video>`` id to watch."""
+    counts: list[int] = []
+    orig, video_id = getattr(model, "embed", None), getattr(model, "ids", {}).get("video")
+    if orig is None or video_id is None:
+        yield counts
+        return
+
+    def embed(input_ids, *args, **kwargs):
+        mask = kwargs.get("frame_mask", args[2] if len(args) > 2 else None)
+        if input_ids.dim() == 2 and input_ids.shape[1] > 1:
+            slots = (input_ids == video_id).sum(1)
+            kept = mask.sum(1) if hasattr(mask, "sum") and mask.dim() == 2 else slots
+            counts.extend(int(min(a, b)) for a, b in zip(slots.tolist(), kept.tolist()))
+        return orig(input_ids, *args, **kwargs)
+
+    model.embed = embed
+    try:
+        yield counts
+    finally:
+        del model.embed
+
+
+def inference_summary(seconds: float, records: Sequence[Mapping], frames: Mapping, counts: Sequence[int]) -> dict:
+    """A cell's inference cost: wall seconds (tower + generation), per query, the mean frame tokens per
+    prompt (:func:`count_frame_tokens`; ``None`` when not counted) and the mean decoded frames per video.
+
+    >>> inference_summary(2.0, [{"video": "a"}, {"video": "a"}], {"a": [0] * 10}, [10, 6])
+    {'seconds': 2.0, 'n_queries': 2, 's_per_query': 1.0, 'frame_tokens': 8.0, 'frames_per_video': 10.0}
+    """
+    videos = {r["video"] for r in records}
+    n = len(records)
+    return {"seconds": round(float(seconds), 3), "n_queries": n, "s_per_query": float(seconds) / max(n, 1),
+            "frame_tokens": float(np.mean(counts)) if len(counts) else None,
+            "frames_per_video": float(np.mean([len(frames[v]) for v in videos])) if videos else None}
 
 
 def write_cell(out_dir: str | Path, payload: Mapping, rows: Sequence[Mapping]) -> tuple[Path, Path]:
@@ -1008,7 +1055,7 @@ if __name__ == "__main__":
 __all__ = ["SFT_ROWS", "PREFERENCE", "LABELS", "CUMULATIVE", "PAPER", "METRICS", "ALL_METRICS", "TASK_METRICS",
            "RECORD_METRICS", "Claim", "CLAIMS", "CLAIM_METRICS", "AblationConfig", "label", "preference_row",
            "split_row", "load_config", "root_dir", "cell_dir", "sft_config", "fpo_config", "eval_config",
-           "metric_value", "load_test", "evaluate_cell", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell",
+           "metric_value", "load_test", "evaluate_cell", "count_frame_tokens", "inference_summary", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell",
            "t_interval", "record_values", "video_bootstrap", "verdict", "read_cell", "load_cells", "load_records",
            "cells_frame", "seed_mean_records", "summarize", "wide_table", "compare", "claim_verdict",
            "evaluate_claims", "claims_statement", "schedule_text", "cell_schedule", "timing", "aggregate", "main"]

@@ -44,6 +44,7 @@ SECTIONS: dict[str, str] = {
     "evaluate": "d2lib.evaluate:EvaluateConfig",
     "ablation": "d2lib.ablation:AblationConfig",
     "fpo": "d2lib.fpo:FPOConfig",
+    "peers": "d2lib.peers:PeersConfig",
 }
 META_KEYS = {"profile", "profiles"}
 

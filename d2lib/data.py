@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import datasets, paths, synth, tokens
+from . import datasets, paths, synth, tokenbudget, tokens
 from .model import Variant
 
 # The response mode of stage align: no <evi>, no times — captions and options only.
@@ -176,15 +176,23 @@ def load_features(split_or_path: str | os.PathLike, videos: Iterable[str] | None
 # Examples and batches
 # --------------------------------------------------------------------------------------------
 def make_examples(records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], variant, tokenizer,
-                  with_response: bool = True) -> list[dict]:
+                  with_response: bool = True, keep: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
     """:func:`d2lib.tokens.encode_example` for each record (its video's frame count from ``videos``,
-    frames or features alike), plus the ``video`` key :class:`Collator` looks up."""
+    frames or features alike), plus the ``video`` key :class:`Collator` looks up.
+
+    DiffFP rows (``frame_select: diff``, lesson ``08_peers``) need each video's keep mask: ``keep``
+    (``{video: (T,) bool}``, :func:`d2lib.tokenbudget.keep_masks`), else computed from ``videos``
+    when they are uint8 frames."""
+    if keep is None and tokenbudget.mechanism(variant) == "diff":
+        used = {r["video"] for r in records if r["video"] in videos}
+        keep = tokenbudget.keep_masks(variant, {v: videos[v] for v in used})
     out = []
     for r in records:
         if r["video"] not in videos:
             raise KeyError(f"record {r.get('idx')}: video {r['video']!r} is not in the cache "
                            f"({len(videos)} videos)")
-        ex = tokens.encode_example(r, len(videos[r["video"]]), variant, tokenizer, with_response=with_response)
+        ex = tokens.encode_example(r, len(videos[r["video"]]), variant, tokenizer, with_response=with_response,
+                                   keep=keep.get(r["video"]) if keep else None)
         ex["video"] = r["video"]
         out.append(ex)
     return out

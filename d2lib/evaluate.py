@@ -621,13 +621,14 @@ def _set_threads(n: int) -> None:
 def evaluate_model(name: str, records: Sequence[Mapping], frames: Mapping, metas: Mapping, cfg: EvaluateConfig,
                    out_root: str | Path, progress: bool = False) -> SystemResult:
     """A trained model: its own tower encodes each video once, then :func:`d2lib.infer.predict`."""
-    from . import data, infer
+    from . import data, infer, tokenbudget
 
     t0 = time.perf_counter()
     model, tok, mdir = load_model(name)
-    feats = data.tower_features(model, {v: frames[v] for v in {r["video"] for r in records}}, progress=progress)
+    used = {v: frames[v] for v in {r["video"] for r in records}}
+    feats = data.tower_features(model, used, progress=progress)
     answered = infer.predict(model, records, feats, tok, batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens)
+                             max_new_tokens=cfg.max_new_tokens, keep=tokenbudget.keep_masks(model.variant, used))
     res = evaluate_system(system_name(name), "model", answered, answer_delimiter(model.variant), metas, cfg,
                           out_root, time.perf_counter() - t0)
     res.metrics["model_dir"] = str(Path(mdir).relative_to(paths.repo_root())) if Path(mdir).is_relative_to(paths.repo_root()) else str(mdir)

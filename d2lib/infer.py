@@ -28,16 +28,17 @@ TVG_KEYS = ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")
 
 @torch.no_grad()
 def predict(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
-            batch_size: int = 32, max_new_tokens: int = 48, return_generations: bool = False):
+            batch_size: int = 32, max_new_tokens: int = 48, return_generations: bool = False, keep=None):
     """Copies of ``records`` with ``a`` = the model's rendered answer (same order).
 
     ``videos``: frames or cached tower features per video (:func:`d2lib.data.video_kind`). The
     prompt layout follows ``model.variant``. With ``return_generations`` also returns the
     :class:`d2lib.model.Generation` of each record (token ids, decoded spans, per-frame probabilities).
+    ``keep``: DiffFP keep masks when ``videos`` are features (:func:`d2lib.tokenbudget.keep_masks`).
     """
     was_training = model.training
     model.eval()
-    exs = make_examples(records, videos, model.variant, tokenizer, with_response=False)
+    exs = make_examples(records, videos, model.variant, tokenizer, with_response=False, keep=keep)
     collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos), padding_side="left")
     order = sorted(range(len(exs)), key=lambda i: len(exs[i]["input_ids"]))
     gens: list = [None] * len(exs)

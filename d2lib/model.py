@@ -19,7 +19,10 @@ Taught in lesson ``02_model``. The pieces, in the order data flows through them:
    partial pass over the prompt (gradients flow). Generation: the span decoded at that step.
 6. ``generate``: greedy decoding with the KV cache, heads and injection inside the loop.
 
-Variants (the ablation rows) are orthogonal switches — see :class:`Variant`.
+Variants (the ablation rows) are orthogonal switches — see :class:`Variant`. The peers' mechanisms
+(lesson ``08_peers``: :mod:`d2lib.timerep`, :mod:`d2lib.tokenbudget`) are switches too; a token budget
+or TimeMarker's separators move the frame tokens (:class:`FrameLayout`), while heads, targets and
+decoding stay per second.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch.nn as nn
 from . import config as _config
 from .config import check
 from .losses import consistency_l1, frame_ce, grounding_bce, lm_loss
+from . import timerep, tokenbudget
 from .spans import decode_span, soft_targets
 from .tokens import ROLE_END, ROLE_START, render_response, special_ids
 
@@ -53,6 +57,16 @@ class Variant:
       no ``<evi>``: times are text tokens);
     - ``injection``: add the span's frame states to each ``<evi>`` input embedding;
     - ``consistency``: L1 between grounding-stage and answer-stage e_k of the same event.
+
+    The peers' mechanisms (lesson ``08_peers``; all off by default). Time representation
+    (:mod:`d2lib.timerep`): ``time_format`` — how times are written as text where times are text
+    (``answer_evidence: text`` or ``head: none``): "seconds", "relative" (VTimeLLM 00–99),
+    "time_tokens" (VTG-LLM ``<t1><t2><t.><t0>``), "frame_number" (NumPro "from x to y");
+    ``frame_numbers`` (NumPro: numbers drawn on the frames + one prompt line); ``time_separators``
+    (TimeMarker ``second{t}`` before each frame token); ``time_embedding`` (TimeChat: a timestamp
+    embedding added to each frame token). Token budget (:mod:`d2lib.tokenbudget`, one per row):
+    ``frame_select: diff`` with ``diff_threshold`` (VideoLLaMA3 DiffFP), ``merge_budget`` > 0
+    (MovieChat: frame tokens kept), ``stc_stride`` > 1 (VideoLLaMA2 STC).
     """
 
     prefix: bool = True
@@ -60,6 +74,14 @@ class Variant:
     head: Literal["span", "frame", "none"] = "span"
     injection: bool = True
     consistency: bool = True
+    time_format: Literal["seconds", "relative", "time_tokens", "frame_number"] = "seconds"
+    frame_numbers: bool = False
+    time_separators: bool = False
+    time_embedding: bool = False
+    frame_select: Literal["all", "diff"] = "all"
+    diff_threshold: float = 0.02
+    merge_budget: int = 0
+    stc_stride: int = 1
 
     def __post_init__(self):
         none = self.head == "none"
@@ -69,6 +91,18 @@ class Variant:
         check(not (none and self.injection), "variants.*.injection", "injection needs head span|frame")
         check(not self.consistency or (self.prefix and self.answer_evidence == "evi"),
               "variants.*.consistency", "consistency needs prefix: true and answer_evidence: evi")
+        check(self.time_format == "seconds" or self.answer_evidence == "text" or none,
+              "variants.*.time_format", "a time format other than seconds needs times as text "
+              "(answer_evidence: text or head: none)")
+        check(0.0 <= self.diff_threshold <= 1.0, "variants.*.diff_threshold",
+              f"mean |Δpixel| threshold must be in [0, 1], got {self.diff_threshold}")
+        check(self.merge_budget >= 0, "variants.*.merge_budget", f"must be >= 0 (0 = off), got {self.merge_budget}")
+        check(self.stc_stride >= 1, "variants.*.stc_stride", f"must be >= 1 (1 = off), got {self.stc_stride}")
+        n_budget = (self.frame_select == "diff") + (self.merge_budget > 0) + (self.stc_stride > 1)
+        check(n_budget <= 1, "variants.*.merge_budget",
+              "one token-budget mechanism per row (frame_select: diff, merge_budget or stc_stride)")
+        check(not (self.time_separators and self.merge_budget > 0), "variants.*.time_separators",
+              "separators need a token layout fixed before the model runs; merge_budget decides it in the model")
 
 
 @dataclass(frozen=True)
@@ -234,6 +268,34 @@ def frame_positions(frame_start: torch.Tensor, n_frames: int) -> torch.Tensor:
     return frame_start[:, None] + torch.arange(n_frames, device=frame_start.device)[None]
 
 
+@dataclass
+class FrameLayout:
+    """Where the frame tokens sit and which one covers each second (lesson ``08_peers``).
+
+    ``pos`` (B, K) sequence position of each frame-token slot, ``mask`` (B, K) bool valid slots,
+    ``tof`` (B, T) long the slot covering second t. The plain layout (one token per second, back to
+    back from ``frame_start``) is ``pos = frame_start + t``, ``mask = frame_mask``, ``tof = t``.
+    """
+
+    pos: torch.Tensor
+    mask: torch.Tensor
+    tof: torch.Tensor
+
+    @classmethod
+    def plain(cls, frame_start: torch.Tensor, frame_mask: torch.Tensor) -> "FrameLayout":
+        T = frame_mask.shape[1]
+        tof = torch.arange(T, device=frame_mask.device)[None].expand(frame_mask.shape[0], -1)
+        return cls(frame_positions(frame_start, T), frame_mask, tof)
+
+    def second_positions(self) -> torch.Tensor:
+        """(B, T) position of the token each second reads."""
+        return self.pos.gather(1, self.tof)
+
+    def end(self) -> int:
+        """One past the last frame-token position of the batch (the prompt part frames need)."""
+        return int(self.pos.masked_fill(~self.mask, 0).max()) + 1
+
+
 def span_mean(states: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """Mean of ``states`` (N, T, H) over the inclusive frame range [first, last] (N,) → (N, H)."""
     t = torch.arange(states.shape[1], device=states.device)
@@ -273,7 +335,7 @@ class D2VLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig, variant: Variant, lm: nn.Module, tower: nn.Module, ids: dict):
         super().__init__()
-        self.cfg, self.variant, self.ids = cfg, variant, dict(ids)
+        self.cfg, self.ids = cfg, dict(ids)
         self.lm, self.tower = lm, tower
         self.n_streams = 2 if cfg.motion_mode == "second_pass" else 1
         dv, h = tower.config.hidden_size, lm.config.hidden_size
@@ -290,6 +352,35 @@ class D2VLM(nn.Module):
         self.evi_head = mlp_head(h, max(h // 2, 1))
         n_layers = lm.config.num_hidden_layers
         self.injection_layer = min(cfg.injection_layer or max(1, round(n_layers / 5)), n_layers - 1)
+        self.variant = variant  # builds the modules of its mechanisms (time_embed, stc)
+
+    # -- the variant and the modules its mechanisms need (lesson 08_peers) -------------------
+    @property
+    def variant(self) -> Variant:
+        return self._variant
+
+    @variant.setter
+    def variant(self, v: Variant) -> None:
+        """Switch the response layout/mechanisms. TimeChat's ``time_embed`` and STC's ``stc`` are
+        created (on the projector's device and dtype) when switched on and removed when off, so
+        :meth:`save_pretrained`/:meth:`from_pretrained` hold exactly the variant's parameters."""
+        object.__setattr__(self, "_variant", v)
+        ref = self.projector[0].weight
+        h = self.lm.config.hidden_size
+        want_te = bool(getattr(v, "time_embedding", False))
+        if want_te and not hasattr(self, "time_embed"):
+            self.time_embed = timerep.TimestampEmbedding(h).to(ref.device, ref.dtype)
+        elif not want_te and hasattr(self, "time_embed"):
+            del self.time_embed
+        stride = int(getattr(v, "stc_stride", 1))
+        if stride > 1 and getattr(getattr(self, "stc", None), "stride", None) != stride:
+            self.stc = tokenbudget.STCPool(h, stride).to(ref.device, ref.dtype)
+        elif stride <= 1 and hasattr(self, "stc"):
+            del self.stc
+
+    def mechanism_modules(self) -> list[str]:
+        """Names of the submodules the variant's peer mechanisms added (trained fully in SFT)."""
+        return [n for n in ("time_embed", "stc") if hasattr(self, n)]
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -376,6 +467,8 @@ class D2VLM(nn.Module):
         single = frames.dim() == 4
         frames = frames[None] if single else frames
         B, T = frames.shape[:2]
+        if getattr(self.variant, "frame_numbers", False):  # NumPro: the tower sees the numbers
+            frames = timerep.draw_frame_numbers(frames.flatten(0, 1), list(range(T)) * B).unflatten(0, (B, T))
         outs = []
         for s in self.pixel_streams(frames):
             parts = [self.tower(pixel_values=s[i:i + chunk]).last_hidden_state for i in range(0, len(s), chunk)]
@@ -384,35 +477,79 @@ class D2VLM(nn.Module):
         return feats[0] if single else feats
 
     def frame_tokens(self, tower_feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, T, S, P, Dv) → frame tokens (B, T, H) at the LM width."""
+        """Patch tokens (B, T, S, P, Dv) → frame tokens (B, T, H) at the LM width, one per second
+        (TimeChat variants add the timestamp embedding of the second, frame t = second t)."""
         B, T = tower_feats.shape[:2]
         pooled = self.pool(tower_feats.flatten(0, 1).to(self.pool.query.dtype))  # (B·T, S, Dv)
         x = self.temporal(pooled.reshape(B, T, -1), frame_mask)  # (B, T, S·Dv)
-        return self.projector(x)
+        x = self.projector(x)
+        if getattr(self.variant, "time_embedding", False):
+            x = self.time_embed(x, torch.arange(T, device=x.device))
+        return x
+
+    def frame_layout(self, frame_tok, frame_start, frame_mask, frame_pos=None, token_mask=None,
+                     token_of_frame=None) -> tuple[torch.Tensor, FrameLayout]:
+        """Per-second frame tokens (B, T, H) → the tokens the LM reads (B, K, H) and their
+        :class:`FrameLayout` (lesson ``08_peers``). Without ``frame_pos`` (the plain layout) the
+        tokens pass unchanged. MovieChat merges here (:func:`d2lib.tokenbudget.merge_adjacent` per
+        video, ``token_of_frame`` from the merge); STC pools with ``self.stc``; otherwise (DiffFP,
+        TimeMarker) slot k holds the token of the first second it covers."""
+        if frame_pos is None:
+            return frame_tok, FrameLayout.plain(frame_start, frame_mask)
+        B, T, H = frame_tok.shape
+        K = frame_pos.shape[1]
+        token_mask = token_mask if token_mask is not None else torch.ones_like(frame_pos, dtype=torch.bool)
+        mech = tokenbudget.mechanism(self.variant)
+        if mech == "merge":
+            out = frame_tok.new_zeros(B, K, H)
+            tof = torch.zeros(B, T, dtype=torch.long, device=frame_tok.device)
+            for b in range(B):
+                n = int(frame_mask[b].sum())
+                merged, group = tokenbudget.merge_adjacent(frame_tok[b, :n], self.variant.merge_budget)
+                out[b, : len(merged)] = merged
+                tof[b, :n] = group
+            return out, FrameLayout(frame_pos, token_mask, tof)
+        if token_of_frame is None:
+            raise ValueError("this layout needs token_of_frame (from d2lib.tokens.collate)")
+        tof = token_of_frame
+        if mech == "stc":
+            x = frame_tok * frame_mask[..., None].to(frame_tok.dtype)  # a video's last window: zeros, not padding
+            out = self.stc(x)[:, :K]
+        else:
+            t = torch.arange(T, device=tof.device)[None].expand(B, -1)
+            first = torch.full((B, K), T - 1, dtype=torch.long, device=tof.device)
+            first = first.scatter_reduce(1, tof.masked_fill(~frame_mask, 0), t.masked_fill(~frame_mask, T - 1),
+                                         reduce="amin")
+            out = frame_tok.gather(1, first[..., None].expand(-1, -1, H))
+        return out, FrameLayout(frame_pos, token_mask, tof)
 
     # -- sequence plumbing -------------------------------------------------------------------
     def _decoder(self):
         return self.lm.get_decoder()
 
-    def embed(self, input_ids, frame_tok, frame_start, frame_mask) -> torch.Tensor:
-        """Token embeddings (B, L, H) with frame tokens written over the ``<video>`` slots."""
+    def embed(self, input_ids, frame_tok, frame_start, frame_mask, frame_pos=None) -> torch.Tensor:
+        """Token embeddings (B, L, H) with frame tokens (B, K, H) written over the ``<video>`` slots:
+        slot k of row b at ``frame_pos[b, k]`` (default ``frame_start[b] + k``), where ``frame_mask``
+        (B, K) is true."""
         emb = self.lm.get_input_embeddings()(input_ids)
         b, t = frame_mask.nonzero(as_tuple=True)
-        pos = frame_start[b] + t
+        pos = frame_pos[b, t] if frame_pos is not None else frame_start[b] + t
         if not bool((input_ids[b, pos] == self.ids["video"]).all()):
             raise ValueError("frame_start/frame_mask do not point at <video> placeholders")
         return emb.index_put((b, pos), frame_tok[b, t].to(emb.dtype))
 
-    def _is_frame(self, frame_start, frame_mask, L: int) -> torch.Tensor:
+    def _is_frame(self, frame_start, frame_mask, L: int, frame_pos=None) -> torch.Tensor:
         """(B, L) bool: which positions hold frame tokens."""
         is_frame = torch.zeros(frame_mask.shape[0], L, dtype=torch.bool, device=frame_mask.device)
         b, t = frame_mask.nonzero(as_tuple=True)
-        is_frame[b, frame_start[b] + t] = True
+        is_frame[b, frame_pos[b, t] if frame_pos is not None else frame_start[b] + t] = True
         return is_frame
 
-    def _frame_rows(self, states, frame_start, n_frames: int) -> torch.Tensor:
-        """Gather the frame positions of states (B, L, H) → (B, T, H) (pad slots clamp, masked later)."""
-        pos = frame_positions(frame_start, n_frames).clamp(max=states.shape[1] - 1)
+    def _frame_rows(self, states, frame_start, n_frames: int, layout: FrameLayout | None = None) -> torch.Tensor:
+        """Gather the frame positions of states (B, L, H) → (B, T, H), one row per second (with a
+        ``layout``: the row of the token covering it; pad slots clamp, masked later)."""
+        pos = layout.second_positions() if layout is not None else frame_positions(frame_start, n_frames)
+        pos = pos.clamp(max=states.shape[1] - 1)
         return states.gather(1, pos[..., None].expand(-1, -1, states.shape[-1]))
 
     def early_states(self, emb, mask4d, pos) -> torch.Tensor:
@@ -439,11 +576,13 @@ class D2VLM(nn.Module):
     # -- training forward --------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, frame_start, frame_mask, labels=None, frames=None,
                 tower_feats=None, evi_batch=None, evi_tok_pos=None, evi_pred_pos=None, evi_role=None,
-                evi_frames=None, evi_pairs=None, **_unused) -> D2Output:
+                evi_frames=None, evi_pairs=None, frame_pos=None, token_mask=None, token_of_frame=None,
+                **_unused) -> D2Output:
         """Teacher-forced pass over a batch from :func:`d2lib.tokens.collate` (right padding).
 
         Give ``frames`` (B, T, H, W, 3) uint8 or cached ``tower_feats`` (B, T, S, P, Dv).
         Returns :class:`D2Output`; ``loss`` is the SFT objective of the model's variant.
+        ``frame_pos``/``token_mask``/``token_of_frame``: the peers' layouts (:meth:`frame_layout`).
         """
         if tower_feats is None:
             tower_feats = self.encode_tower(frames)
@@ -451,21 +590,23 @@ class D2VLM(nn.Module):
         T = frame_mask.shape[1]
         if T > self.cfg.max_frames:
             raise ValueError(f"{T} frames > model.max_frames={self.cfg.max_frames}")
-        emb = self.embed(input_ids, self.frame_tokens(tower_feats, frame_mask), frame_start, frame_mask)
+        ftok, lay = self.frame_layout(self.frame_tokens(tower_feats, frame_mask), frame_start, frame_mask,
+                                      frame_pos, token_mask, token_of_frame)
+        emb = self.embed(input_ids, ftok, frame_start, lay.mask, lay.pos)
         valid = attention_mask.bool()
-        is_frame = self._is_frame(frame_start, frame_mask, L)
+        is_frame = self._is_frame(frame_start, lay.mask, L, lay.pos)
         mask = attention_mask_4d(valid, is_frame, L, emb.dtype)
         pos = position_ids(valid)
         n_evi = 0 if evi_batch is None or self.variant.head == "none" else len(evi_batch)
         if n_evi and self.variant.injection:  # pass 1: frame states at the injection layer
-            cut = int((frame_start + frame_mask.sum(1)).max())
+            cut = lay.end()
             V = self.early_states(emb[:, :cut], mask[:, :, :cut, :cut], pos[:, :cut])
-            inj = self._injection(self._frame_rows(V, frame_start, T), evi_batch, evi_frames, evi_role)
+            inj = self._injection(self._frame_rows(V, frame_start, T, lay), evi_batch, evi_frames, evi_role)
             emb = emb.index_put((evi_batch, evi_tok_pos), inj.to(emb.dtype), accumulate=True)
         out = self.lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
                       output_hidden_states=True, use_cache=False)
         h = out.hidden_states[-2]  # (B, L, H): before the last decoder block
-        f = self.frm_head(self._frame_rows(h, frame_start, T))  # (B, T, D)
+        f = self.frm_head(self._frame_rows(h, frame_start, T, lay))  # (B, T, D), per second
         zero = out.logits.sum() * 0.0
         text = lm_loss(out.logits, labels) if labels is not None else zero
         if n_evi:
@@ -491,7 +632,7 @@ class D2VLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, frame_start, frame_mask, frames=None, tower_feats=None,
                  tokenizer=None, max_new_tokens: int = 64, use_cache: bool = True, fps: float = 1.0,
-                 **_unused) -> list[Generation]:
+                 frame_pos=None, token_mask=None, token_of_frame=None, **_unused) -> list[Generation]:
         """Greedy decoding for a left-padded prompt batch (``collate(..., padding_side="left")``).
 
         Prefill once (caching the frame features f_t and injection-layer frame states V), then per
@@ -505,10 +646,12 @@ class D2VLM(nn.Module):
             tower_feats = self.encode_tower(frames)
         B, L = input_ids.shape
         T = frame_mask.shape[1]
-        emb = self.embed(input_ids, self.frame_tokens(tower_feats, frame_mask), frame_start, frame_mask)
-        valid, is_frame = attention_mask.bool(), self._is_frame(frame_start, frame_mask, L)
+        ftok, lay = self.frame_layout(self.frame_tokens(tower_feats, frame_mask), frame_start, frame_mask,
+                                      frame_pos, token_mask, token_of_frame)
+        emb = self.embed(input_ids, ftok, frame_start, lay.mask, lay.pos)
+        valid, is_frame = attention_mask.bool(), self._is_frame(frame_start, lay.mask, L, lay.pos)
         pos = position_ids(valid)
-        step = _Stepper(self, frame_start, T, use_cache)
+        step = _Stepper(self, frame_start, T, use_cache, lay)
         h, logits = step.prefill(emb, valid, is_frame, pos)
         ids = self.ids
         blocked = torch.tensor([ids[k] for k in ("video", "pad", "system", "user", "assistant") if k in ids],
@@ -532,10 +675,11 @@ class D2VLM(nn.Module):
                 break
             new = self.lm.get_input_embeddings()(nxt) + inj  # (B, H)
             h, logits = step.next(new)
-        for g, p in zip(gens, probs):
+        for b, (g, p) in enumerate(zip(gens, probs)):
             g.probs = torch.stack(p) if p else torch.zeros(0, 0)
-            if tokenizer is not None:
-                g.text = render_response(g.ids, g.values, tokenizer)
+            if tokenizer is not None:  # text times read back with the video's length as the model sees it
+                g.text = render_response(g.ids, g.values, tokenizer, duration=int(frame_mask[b].sum()) / fps,
+                                         time_format=getattr(self.variant, "time_format", "seconds"), fps=fps)
         return gens
 
     def _decode_evi(self, gen: Generation, probs_out: list, scores: torch.Tensor, V: torch.Tensor,
@@ -563,8 +707,9 @@ class _Stepper:
     each call returns the last position's ``hidden_states[-2]`` (B, H) and logits (B, V).
     """
 
-    def __init__(self, model: D2VLM, frame_start, T: int, use_cache: bool):
+    def __init__(self, model: D2VLM, frame_start, T: int, use_cache: bool, layout: FrameLayout | None = None):
         self.m, self.frame_start, self.T, self.use_cache = model, frame_start, T, use_cache
+        self.layout = layout
 
     def _run(self, emb, n_query: int, past=None):
         mask = attention_mask_4d(self.valid, self.is_frame, n_query, emb.dtype)
@@ -575,8 +720,8 @@ class _Stepper:
 
     def _read_frames(self, out) -> None:
         hs = out.hidden_states
-        self.V = self.m._frame_rows(hs[self.m.injection_layer], self.frame_start, self.T)
-        self.F = self.m.frm_head(self.m._frame_rows(hs[-2], self.frame_start, self.T))
+        self.V = self.m._frame_rows(hs[self.m.injection_layer], self.frame_start, self.T, self.layout)
+        self.F = self.m.frm_head(self.m._frame_rows(hs[-2], self.frame_start, self.T, self.layout))
 
     def prefill(self, emb, valid, is_frame, pos):
         self.emb, self.valid, self.is_frame, self.pos = emb, valid, is_frame, pos

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import align, data, infer, lora, paths, train
+from . import align, data, infer, lora, paths, timerep, tokenbudget, tokens, train
 from .model import D2VLM, Variant
 from .train import SFTConfig, TrainResult
 
@@ -59,7 +59,20 @@ def prepare_model(model: D2VLM, cfg: SFTConfig, variant: Variant, seed: int) -> 
     if cfg.train_tower:
         for p in model.tower.parameters():
             p.requires_grad_(True)
+    for name in model.mechanism_modules():  # the peers' new modules (lesson 08_peers) train fully at lr
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(True)
     return model
+
+
+def prepare_vocabulary(model: D2VLM, tokenizer, variant: Variant) -> list[int]:
+    """Add what ``variant`` writes to the aligned tokenizer (VTG-LLM time tokens, words the tiny
+    tokenizer lacks — :func:`d2lib.timerep.prepare_tokenizer`) and give the LM mean-initialised
+    embedding rows for them (:func:`d2lib.tokens.mean_init_rows`). Returns the new ids (none for
+    every D²VLM row). Call before :func:`prepare_model` (LoRA copies the embeddings)."""
+    new_ids = timerep.prepare_tokenizer(tokenizer, variant)
+    tokens.mean_init_rows(model.lm, new_ids)
+    return new_ids
 
 
 def export_sft(model: D2VLM, folder: Path) -> None:
@@ -83,10 +96,10 @@ def make_eval_fn(val_records, val_feats, tokenizer, cfg: SFTConfig):
     return eval_fn
 
 
-def load_inputs(cfg: SFTConfig, train_videos, align_dir=None) -> tuple[dict, dict]:
+def load_inputs(cfg: SFTConfig, train_videos, align_dir=None, variant: Variant | None = None) -> tuple[dict, dict]:
     """What the model reads for (train, val): the frozen tower's cached features (written by align), or
-    uint8 frames when ``cfg.train_tower``."""
-    if cfg.train_tower:
+    uint8 frames when ``cfg.train_tower`` or the variant needs pixels (NumPro, DiffFP: lesson 08_peers)."""
+    if cfg.train_tower or (variant is not None and tokenbudget.needs_pixels(variant)):
         return data.load_frames("train", train_videos), data.load_frames("val")
     root = Path(align_dir) if align_dir else None
     return (data.load_features(data.features_path("train", root), train_videos),
@@ -113,10 +126,12 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tok = align.load(align_dir)
+    if prepare_vocabulary(model, tok, variant):  # later stages find it next to final/ (evaluate.tokenizer_dir)
+        tok.save_pretrained(str(out_dir / "tokenizer"))
     prepare_model(model, cfg, variant, seed)
     train_recs = data.select_tasks(data.load_records("train"), cfg.tasks)
     val_recs = [r for r in data.load_records("val") if r["task"] == "tvg"]
-    videos, val_videos = load_inputs(cfg, {r["video"] for r in train_recs}, align_dir)
+    videos, val_videos = load_inputs(cfg, {r["video"] for r in train_recs}, align_dir, variant)
     examples = data.make_examples(train_recs, videos, variant, tok)
     secs["setup"] = time.perf_counter() - t0
 
@@ -142,4 +157,5 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     return SFTResult(model, tok, res, out_dir, metrics, secs)
 
 
-__all__ = ["SFTResult", "run", "prepare_model", "export_sft", "make_eval_fn", "load_inputs", "features_dir"]
+__all__ = ["SFTResult", "run", "prepare_model", "prepare_vocabulary", "export_sft", "make_eval_fn", "load_inputs",
+           "features_dir"]

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from . import timerep, tokenbudget
 from .spans import format_span, span_to_frames
 
 # --- special tokens -------------------------------------------------------------------------
@@ -172,15 +173,17 @@ def record_spans(record: dict) -> list[list[float]]:
 class _Builder:
     """Accumulates response text and one bookkeeping entry per emitted ``<evi>``."""
 
-    def __init__(self, variant):
+    def __init__(self, variant, duration=None, fps: float = 1.0):
         self.v, self.parts, self.r = variant, [], Response("")
+        self.duration, self.fps = duration, fps
 
     def text(self, s: str) -> None:
         self.parts.append(s)
 
     def event(self, k: int, span, stage: int, as_text: bool) -> None:
-        if as_text:
-            self.parts.append(format_span(span))
+        if as_text:  # "s - e", or the variant's time format (lesson 08_peers, d2lib.timerep)
+            self.parts.append(timerep.format_span_as(span, getattr(self.v, "time_format", "seconds"),
+                                                     self.duration, self.fps))
             return
         roles = [ROLE_START, ROLE_END] if self.v.head == "frame" else [ROLE_SPAN]
         self.parts.append(f"{EVI} - {EVI}" if self.v.head == "frame" else EVI)
@@ -204,15 +207,18 @@ def _option(record: dict) -> str:
     return f"({LETTERS[p]}) {_clean(record['o'][p])}."
 
 
-def build_response(record: dict, variant) -> Response:
-    """The target response of ``record`` in ``variant``'s layout (see module docstring)."""
+def build_response(record: dict, variant, duration: float | None = None, fps: float = 1.0) -> Response:
+    """The target response of ``record`` in ``variant``'s layout (see module docstring). Text times
+    follow ``variant.time_format`` (:func:`d2lib.timerep.format_span_as`; relative times need
+    ``duration``, default the record's)."""
     spans, task = record_spans(record), record["task"]
+    duration = duration if duration is not None else record.get("duration")
     text_answer = variant.answer_evidence == "text" or variant.head == "none"
     no_evidence = variant.answer_evidence == "none"
     if no_evidence and task not in NO_EVIDENCE_TASKS:
         raise ValueError(f"task {task!r} has no answer without evidence (answer_evidence 'none' "
                          f"supports {', '.join(NO_EVIDENCE_TASKS)})")
-    b = _Builder(variant)
+    b = _Builder(variant, duration, fps)
     if variant.prefix:
         if variant.head == "none":
             raise ValueError("a grounding prefix needs a grounding head (variant.head != 'none')")
@@ -264,12 +270,18 @@ def _value_text(v) -> str:
     return format_span(v)
 
 
-def render_response(token_ids_or_text, spans: Sequence, tokenizer=None) -> str:
+def render_response(token_ids_or_text, spans: Sequence, tokenizer=None, time_format: str = "seconds",
+                    duration: float | None = None, fps: float = 1.0) -> str:
     """Text shown to people (and parsed by the metrics): each ``<evi>`` replaced, in order, by its
     span as "s - e" (a frame-level token's value is a single number). Chat/pad tokens dropped.
 
     ``token_ids_or_text``: a string, or ids decoded with ``tokenizer``. ``spans``: per ``<evi>``
-    a ``[s, e]`` or a number. Extra ``<evi>`` without a span stay as they are.
+    a ``[s, e]`` or a number. Extra ``<evi>`` without a span stay as they are. Times the model
+    wrote as text in ``time_format`` (lesson ``08_peers``) are read back to "s - e" seconds
+    (:func:`d2lib.timerep.to_seconds_text`; relative times need the video's ``duration``).
+
+    >>> render_response("The event happens in from 30 to 69.", [], time_format="relative", duration=10)
+    'The event happens in 3 - 7.'
     """
     if isinstance(token_ids_or_text, str):
         text = token_ids_or_text
@@ -284,7 +296,10 @@ def render_response(token_ids_or_text, spans: Sequence, tokenizer=None) -> str:
     for i, piece in enumerate(pieces[1:]):
         out.append(f" {_value_text(spans[i])} " if i < len(spans) else EVI)
         out.append(piece)
-    return _tidy("".join(out))
+    text = _tidy("".join(out))
+    if time_format != "seconds":
+        text = _tidy(timerep.to_seconds_text(text, time_format, duration, fps))
+    return text
 
 
 # --- prompts and examples -------------------------------------------------------------------
@@ -300,7 +315,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def encode_example(record: dict, n_frames: int, variant, tokenizer, with_response: bool = True,
-                   fps: float = 1.0) -> dict:
+                   fps: float = 1.0, keep=None) -> dict:
     """Token ids and grounding bookkeeping of one record for a video of ``n_frames`` frames.
 
     Layout: ``prompt-before · <video>×n_frames · prompt-after [· response · <|end|>]``.
@@ -314,14 +329,31 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
     - ``evi_event`` (K,), ``evi_stage`` (K,), ``evi_role`` (K,) — pair grounding/answer copies by
       (event, role) for the consistency loss;
     - ``response`` the response text (empty without response), ``idx`` the record's idx.
+
+    The peers' layouts (lesson ``08_peers``) add, only when they change it: ``frame_pos`` (K,) the
+    position of each of the K ``<video>`` slots (fewer than ``n_frames`` with a token budget — DiffFP
+    needs ``keep``, the video's :func:`d2lib.tokenbudget.diff_keep_mask`; TimeMarker's ``second{t}``
+    separators sit before the slots) and ``token_of_frame`` (n_frames,) the slot covering each second
+    (absent for MovieChat: the model merges). NumPro's prompt line and text time formats apply here too.
     """
-    before, after = prompt_text(record["q"])
+    before, after = prompt_text(timerep.prompt_question(record["q"], variant))
     video_id = tokenizer.convert_tokens_to_ids(VIDEO)
     ids = _ids(tokenizer, before)
     frame_start = len(ids)
-    ids += [video_id] * n_frames + _ids(tokenizer, after)
+    layout = _frame_layout(variant, n_frames, keep, fps)
+    if layout is None:
+        ids += [video_id] * n_frames
+    else:
+        tmap, seconds = layout
+        frame_pos = []
+        for sec in seconds:
+            if getattr(variant, "time_separators", False):
+                ids += _ids(tokenizer, timerep.separator_text(sec))
+            frame_pos.append(len(ids))
+            ids.append(video_id)
+    ids += _ids(tokenizer, after)
     labels = [IGNORE_INDEX] * len(ids)
-    resp = build_response(record, variant) if with_response else Response("")
+    resp = build_response(record, variant, duration=n_frames / fps, fps=fps) if with_response else Response("")
     if with_response:
         r_ids = _ids(tokenizer, resp.text) + [tokenizer.convert_tokens_to_ids(END)]
         resp_start = len(ids)
@@ -334,6 +366,11 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
         evi_tok = []
     frames = [span_to_frames(sp, n_frames, fps) for sp in resp.spans]
     long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    extra = {}
+    if layout is not None:
+        extra["frame_pos"] = long(frame_pos)
+        if layout[0] is not None:
+            extra["token_of_frame"] = layout[0]
     return {
         "input_ids": long(ids), "labels": long(labels),
         "frame_start": frame_start, "n_frames": n_frames,
@@ -341,13 +378,28 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
         "evi_spans": torch.tensor(resp.spans, dtype=torch.float32).reshape(-1, 2),
         "evi_frames": long(frames).reshape(-1, 2),
         "evi_event": long(resp.events), "evi_stage": long(resp.stages), "evi_role": long(resp.roles),
-        "response": resp.text, "idx": record.get("idx"),
+        "response": resp.text, "idx": record.get("idx"), **extra,
     }
 
 
-def encode_prompt(record: dict, n_frames: int, variant, tokenizer) -> dict:
+def encode_prompt(record: dict, n_frames: int, variant, tokenizer, keep=None) -> dict:
     """:func:`encode_example` without the response — the input to generation."""
-    return encode_example(record, n_frames, variant, tokenizer, with_response=False)
+    return encode_example(record, n_frames, variant, tokenizer, with_response=False, keep=keep)
+
+
+def _frame_layout(variant, n_frames: int, keep, fps: float):
+    """``None`` for the plain layout (one ``<video>`` slot per second, back to back); else
+    (token_of_frame (T,) long or None for MovieChat, the second each slot starts at)."""
+    mech = tokenbudget.mechanism(variant)
+    if mech == "all" and not getattr(variant, "time_separators", False):
+        return None
+    tmap = tokenbudget.token_map(variant, n_frames, keep)
+    if tmap is None:  # merge: the slots exist, which seconds each covers is decided by the model
+        return None, [t / fps for t in range(tokenbudget.n_tokens(variant, n_frames))]
+    first = {}
+    for t, k in enumerate(tmap.tolist()):
+        first.setdefault(k, t)
+    return tmap, [first[k] / fps for k in sorted(first)]
 
 
 def consistency_pairs(ex: dict) -> list[tuple[int, int]]:
@@ -373,6 +425,8 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
     ``frame_mask`` (B, Tmax); ``frames`` or ``tower_feats`` (B, Tmax, ...); and flattened over all
     ``<evi>`` of the batch (N of them): ``evi_batch``, ``evi_tok_pos``, ``evi_pred_pos``,
     ``evi_role`` (N,), ``evi_frames`` (N, 2); ``evi_pairs`` (M, 2) consistency pairs into N.
+    With the peers' layouts (examples with ``frame_pos``) also ``frame_pos`` (B, K) slot positions,
+    ``token_mask`` (B, K) bool and, when every example has one, ``token_of_frame`` (B, Tmax).
     """
     B = len(examples)
     L = max(len(e["input_ids"]) for e in examples)
@@ -400,8 +454,22 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
         evi["evi_frames"].append(e["evi_frames"])
         pairs += [(n_seen + i, n_seen + j) for i, j in consistency_pairs(e)]
         n_seen += k
+    if any("frame_pos" in e for e in examples):
+        if not all("frame_pos" in e for e in examples):
+            raise ValueError("cannot batch examples of different frame layouts (frame_pos in some only)")
+        K = max(len(e["frame_pos"]) for e in examples)
+        fpos = torch.zeros(B, K, dtype=torch.long)
+        tmask = torch.zeros(B, K, dtype=torch.bool)
+        for b, e in enumerate(examples):
+            off = L - len(e["input_ids"]) if padding_side == "left" else 0
+            fpos[b, : len(e["frame_pos"])] = e["frame_pos"] + off
+            tmask[b, : len(e["frame_pos"])] = True
+        tof = tokenbudget.pad_maps([e.get("token_of_frame") for e in examples], T)
+        extra = {"frame_pos": fpos, "token_mask": tmask, **({"token_of_frame": tof} if tof is not None else {})}
+    else:
+        extra = {}
     batch = {"input_ids": input_ids, "attention_mask": attn, "labels": labels,
-             "frame_start": frame_start, "frame_mask": frame_mask,
+             "frame_start": frame_start, "frame_mask": frame_mask, **extra,
              **{k: torch.cat(v) for k, v in evi.items()},
              "evi_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)}
     if frames is not None:

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ablation_fixture import ABLATION_TINY, fake_cells, fake_records, mini_project
 from d2lib import ablation as A
@@ -17,12 +16,7 @@ from d2lib import config
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (tables)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 # ------------------------------------------------------------------------------ interval math

@@ -14,12 +14,7 @@ TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidde
             vision_heads=2, vision_ffn=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

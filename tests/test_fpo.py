@@ -23,12 +23,7 @@ TINY = dict(hidden_size=64, num_layers=2, num_heads=4, ffn_size=128, vision_hidd
 BETA = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

@@ -39,25 +39,29 @@ def _run(cmd, cwd, env):
 SMOKE_ABLATION = {"variants": ["full"], "preference": ["fpo"], "seeds": [0]}
 
 
-def _smoke_ablation_matrix(params: Path) -> None:
+# The peers matrices (lesson 08) likewise: one LLM row, the specialist, one seed.
+SMOKE_PEERS = {"rows": ["full"], "specialists": ["univtg"], "seeds": [0]}
+
+
+def _smoke_ablation_matrix(params: Path, section: str = "ablation", smoke: dict | None = None) -> None:
     import yaml
 
     raw = yaml.safe_load(params.read_text())
-    if "ablation" not in raw:
+    if section not in raw:
         return
-    lists = dict(SMOKE_ABLATION)
-    if "ablation_pref" not in (params.parent / "dvc.yaml").read_text():
+    lists = dict(SMOKE_ABLATION if smoke is None else smoke)
+    if section == "ablation" and "ablation_pref" not in (params.parent / "dvc.yaml").read_text():
         lists["preference"] = []
     lines, out, inside = params.read_text().splitlines(), [], False
-    for line in lines:  # rewrite the three list lines of the top-level `ablation:` block, comments kept
+    for line in lines:  # rewrite the list lines of the top-level `<section>:` block, comments kept
         if not line.startswith(" "):
-            inside = line.startswith("ablation:")
+            inside = line.startswith(f"{section}:")
         key = line.strip().split(":", 1)[0]
         if inside and line.startswith("  ") and not line.startswith("   ") and key in lists:
             line = f"  {key}: [{', '.join(map(str, lists[key]))}]"
         out.append(line)
     params.write_text("\n".join(out) + "\n")
-    assert {k: yaml.safe_load(params.read_text())["ablation"][k] for k in lists} == lists
+    assert {k: yaml.safe_load(params.read_text())[section][k] for k in lists} == lists
 
 
 @pytest.mark.slow
@@ -68,6 +72,7 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("profile: default", "profile: smoke", 1))
     _smoke_ablation_matrix(params)
+    _smoke_ablation_matrix(params, "peers", SMOKE_PEERS)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
     env.pop("D2LIB_ROOT", None)
@@ -89,6 +94,11 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     assert set(ablation["rows"]) >= {"full"} and ablation["timing"]["n_cells"] >= 1
     assert (repo / "artifacts" / "ablation" / "full" / "0" / "metrics.json").is_file()
     assert (repo / "artifacts" / "notebooks" / "07_ablations.ipynb").is_file()
+
+    peers = json.loads((repo / "artifacts" / "metrics" / "peers.json").read_text())
+    assert set(peers["rows"]) == {"full", "univtg"} and peers["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
+    assert (repo / "artifacts" / "plots" / "peers_table.csv").is_file()
+    assert (repo / "artifacts" / "notebooks" / "08_peers.ipynb").is_file()
 
     status = _run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status, status

@@ -8,12 +8,7 @@ from d2lib.model import D2VLM, ModelConfig
 from shapes_fixture import tiny_split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def test_mil_scores_mask_and_info_nce():

@@ -1,0 +1,505 @@
+"""Peer methods next to D²VLM (lesson ``08_peers``): LLM rows with other time/token mechanisms, and a
+non-LLM specialist, on the same data, budget and test videos.
+
+Two kinds of rows, both listed in params ``peers`` (adding a row needs no code):
+
+* ``peers.rows`` — video-LLM rows: names in ``variants`` (or ``variants.extra``), e.g. ``full`` (the D²VLM
+  row every peer is compared with, ``peers.baseline``), ``text_timestamps`` (times as text tokens) and the
+  rows of the time-representation / token-budget mechanisms. Each (row, seed) is one cell trained and scored
+  by the ablation's machinery (:func:`d2lib.ablation.run_sft_cell`: :func:`d2lib.sft.run` with
+  ``peers.sft_steps`` steps, then :func:`d2lib.ablation.evaluate_cell` on the first ``peers.eval_max_videos``
+  test videos) — the DVC ``matrix`` stage ``peers``;
+* ``peers.specialists`` — non-LLM rows: ``univtg``, the UniVTG-style grounding specialist
+  (:mod:`d2lib.univtg`), trained on the same train tvg records and scored on the same test tvg records with
+  the same code (:func:`d2lib.evaluate.evaluate_system`) — the ``matrix`` stage ``peers_univtg``. It answers
+  tvg only: its dvc F1 is *not applicable* (``None``), never a number.
+
+One process per cell: ``python -m d2lib.peers cell --row R --seed S`` → ``artifacts/peers/<row>/<seed>/``
+(``metrics.json``, ``records.csv``; the layout of the ablation's cells plus ``metrics.inference``: seconds,
+per query, frame tokens per prompt). ``python -m d2lib.peers aggregate`` (stage ``peers_aggregate``) writes
+``artifacts/metrics/peers.json`` and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
+mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, frame tokens per video,
+train seconds, inference seconds per query and the seeds used; a paired comparison of every row with
+``peers.baseline`` and a statement computed from them.
+
+Seeds: ``peers.seeds`` (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``).
+DVC reads ``peers.rows``/``specialists``/``seeds`` when it parses dvc.yaml, before any profile applies — a
+profile cannot change them (the pipeline smoke test edits them in its copy of params.yaml).
+
+>>> PeersConfig().all_rows()
+['full', 'text_timestamps', 'univtg']
+>>> label("univtg")
+'UniVTG-style specialist'
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from . import ablation, paths
+from .config import check
+from .univtg import ROW as UNIVTG, UniVTGConfig
+
+_PROCESS_START = time.time()
+SPECIALISTS = (UNIVTG,)
+
+LABELS = {
+    **ablation.LABELS, "full": "D²VLM (full)", UNIVTG: "UniVTG-style specialist",
+    "text_timestamps": "text timestamps (TimeChat-style)", "numpro": "NumPro (frame numbers drawn)",
+    "timemarker": "TimeMarker (time separators)", "timechat": "TimeChat (timestamp embedding)",
+    "vtimellm": "VTimeLLM (relative frame indices)", "vtgllm": "VTG-LLM (time tokens)",
+    "diff_fp": "DiffFP (frame selection)", "moviechat": "MovieChat (merged tokens)", "stc": "STC pooling",
+}
+# The columns of the table: metric key (d2lib.ablation.ALL_METRICS) → column name.
+TABLE_METRICS = {"charades.R1@0.3": "R@1@0.3", "charades.R1@0.5": "R@1@0.5", "charades.R1@0.7": "R@1@0.7",
+                 "charades.mIoU": "mIoU", "tvg.F1": "tvg F1", "F1(cap)": "dvc F1"}
+COMPARE_METRICS = ("charades.R1@0.5", "charades.mIoU")
+
+
+def label(row: str) -> str:
+    """The name a row is shown under (its params name when it has no label)."""
+    return LABELS.get(row, row)
+
+
+# ------------------------------------------------------------------------------------------------
+# params
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeersConfig:
+    """params section ``peers`` (stages ``peers``, ``peers_univtg``, ``peers_aggregate``, ``peers_lesson``;
+    lesson ``08_peers``).
+
+    ``rows``: video-LLM rows (names in ``variants`` / ``variants.extra``), one cell per (row, seed) of stage
+    ``peers``; ``specialists``: non-LLM rows (``univtg``), stage ``peers_univtg``; ``seeds``; ``baseline``: the
+    row every other row is compared with (``full``). The **peers budget**, the same for every LLM row:
+    ``sft_steps`` (replaces ``sft.steps``; every other ``sft`` knob as is), ``val_queries``, ``eval_max_videos``
+    (first N test videos by name, 0 = all; the specialist is scored on the same videos), ``eval_tasks``
+    (``tvg`` and ``dvc``: the table's accuracy columns), ``eval_batch_size``, ``max_new_tokens``,
+    ``caption_metrics`` (SentSim; not in the table). ``n_boot``/``ci_level``: intervals; ``keep_models``: keep
+    the LLM cells' ``final/``; ``num_threads``: torch threads per cell (0 leaves torch's setting).
+    ``univtg``: :class:`d2lib.univtg.UniVTGConfig`.
+    """
+
+    rows: tuple[str, ...] = ("full", "text_timestamps")
+    specialists: tuple[Literal["univtg"], ...] = SPECIALISTS
+    seeds: tuple[int, ...] = (0,)
+    baseline: str = "full"
+    sft_steps: int = 60
+    val_queries: int = 32
+    eval_max_videos: int = 24
+    eval_tasks: tuple[Literal["tvg", "tal", "dvc", "rar", "gvq"], ...] = ("tvg", "dvc")
+    eval_batch_size: int = 32
+    max_new_tokens: int = 96
+    caption_metrics: bool = False
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    keep_models: bool = False
+    num_threads: int = 0
+    univtg: UniVTGConfig = field(default_factory=UniVTGConfig)
+
+    def __post_init__(self):
+        check(len(set(self.rows)) == len(self.rows), "peers.rows", "names must be unique")
+        check(all("+" not in r for r in self.rows), "peers.rows", "use the params names (no '+')")
+        check(not set(self.rows) & set(SPECIALISTS), "peers.rows",
+              f"{sorted(set(self.rows) & set(SPECIALISTS))} is a specialist: list it in peers.specialists")
+        check(len(set(self.specialists)) == len(self.specialists), "peers.specialists", "names must be unique")
+        check(len(self.rows) + len(self.specialists) > 0, "peers.rows", "give one or more rows")
+        check(not self.rows or self.baseline in self.rows, "peers.baseline",
+              f"{self.baseline!r} must be one of peers.rows {list(self.rows)}")
+        check(len(self.seeds) > 0 and all(s >= 0 for s in self.seeds), "peers.seeds",
+              f"give one or more seeds >= 0, got {list(self.seeds)}")
+        check(len(set(self.seeds)) == len(self.seeds), "peers.seeds", "seeds must be unique")
+        check(self.sft_steps >= 1, "peers.sft_steps", f"must be >= 1, got {self.sft_steps}")
+        check(self.val_queries >= 0, "peers.val_queries", f"must be >= 0, got {self.val_queries}")
+        check(self.eval_max_videos >= 0, "peers.eval_max_videos", f"must be >= 0, got {self.eval_max_videos}")
+        check("tvg" in self.eval_tasks, "peers.eval_tasks", "must include tvg (the specialist's task)")
+        check(self.eval_batch_size >= 1, "peers.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        check(self.max_new_tokens >= 1, "peers.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        check(self.n_boot >= 1, "peers.n_boot", f"must be >= 1, got {self.n_boot}")
+        check(0.0 < self.ci_level < 1.0, "peers.ci_level", f"must be in (0, 1), got {self.ci_level}")
+        check(self.num_threads >= 0, "peers.num_threads", f"must be >= 0, got {self.num_threads}")
+
+    def all_rows(self) -> list[str]:
+        """Table order: the LLM rows, then the specialists."""
+        return [*self.rows, *self.specialists]
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(r, s) for r in self.all_rows() for s in self.seeds]
+
+    def ablation_config(self) -> ablation.AblationConfig:
+        """The :class:`d2lib.ablation.AblationConfig` the LLM cells run with (the peers budget, no
+        preference rows)."""
+        return ablation.AblationConfig(
+            variants=self.rows or (self.baseline,), preference=(), seeds=self.seeds, sft_steps=self.sft_steps,
+            val_queries=self.val_queries, eval_max_videos=self.eval_max_videos, eval_tasks=self.eval_tasks,
+            eval_batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens,
+            caption_metrics=self.caption_metrics, n_boot=self.n_boot, ci_level=self.ci_level,
+            keep_models=self.keep_models, num_threads=self.num_threads)
+
+    def schedule(self) -> dict:
+        return {"sft_steps": self.sft_steps, "eval_max_videos": self.eval_max_videos,
+                "eval_tasks": list(self.eval_tasks), "univtg_steps": self.univtg.steps,
+                "univtg_frame_input": self.univtg.frame_input}
+
+
+def load_config(profile: str | None = None) -> PeersConfig:
+    from . import config
+
+    return config.load_section("peers", profile=profile)
+
+
+def root_dir(root: str | Path | None = None) -> Path:
+    """``artifacts/peers`` (or ``root``)."""
+    return Path(root) if root is not None else paths.artifacts("peers", mkdir=False)
+
+
+def cell_dir(row: str, seed: int, root: str | Path | None = None) -> Path:
+    return root_dir(root) / row / str(int(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# cells
+# ------------------------------------------------------------------------------------------------
+def run_llm_cell(row: str, seed: int, pcfg: PeersConfig, sft_cfg, variants, out_dir: str | Path | None = None,
+                 align_dir: str | Path | None = None, test=None, train_fn=None) -> dict:
+    """One video-LLM cell: :func:`d2lib.ablation.run_sft_cell` with the peers budget into
+    ``artifacts/peers/<row>/<seed>``; the payload records ``kind: "llm"`` and the peers schedule."""
+    from .config import ConfigError
+
+    try:
+        variants.get(row)
+    except KeyError as e:
+        raise ConfigError(f"params key 'peers.rows': {e.args[0]} — add the row to `variants` "
+                          f"(or variants.extra)") from None
+    acfg = pcfg.ablation_config()
+    out_dir = Path(out_dir) if out_dir is not None else cell_dir(row, seed)
+    return ablation.run_sft_cell(row, seed, acfg, sft_cfg, variants, out_dir=out_dir, align_dir=align_dir,
+                                 test=test, train_fn=train_fn)
+
+
+def load_test(pcfg: PeersConfig, tasks: Sequence[str] = ("tvg",)):
+    """``(records, frames, metas)`` of the test records of ``tasks`` on the first ``eval_max_videos`` videos
+    (the LLM cells' videos)."""
+    from . import data, datasets, evaluate
+
+    split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+    records = evaluate.select_records(split.records, tasks, pcfg.eval_max_videos)
+    return records, data.load_frames("test", {r["video"] for r in records}), split.metas
+
+
+def specialist_eval_config(pcfg: PeersConfig):
+    """The :class:`d2lib.evaluate.EvaluateConfig` of the specialist (test split, tvg only)."""
+    from .evaluate import EvaluateConfig
+
+    return EvaluateConfig(split="test", models=(), baselines=(), tasks=("tvg",), max_videos=pcfg.eval_max_videos,
+                          caption_metrics=False, meteor=False, seed=0, n_boot=pcfg.n_boot, ci_level=pcfg.ci_level)
+
+
+def run_univtg_cell(seed: int, pcfg: PeersConfig, out_dir: str | Path | None = None,
+                    align_dir: str | Path | None = None, test=None) -> dict:
+    """The specialist's cell: :func:`d2lib.univtg.run` (train tvg), then the test tvg records — the frozen
+    align tower encodes the test frames (timed as inference with the specialist's forward pass) — scored by
+    :func:`d2lib.evaluate.evaluate_system`. Keeps ``univtg.pt`` (small) for the lesson's pictures."""
+    from . import evaluate, univtg
+
+    out_dir = Path(out_dir) if out_dir is not None else cell_dir(UNIVTG, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = pcfg.univtg
+    t0 = time.perf_counter()
+    res = univtg.run(cfg, seed=seed, align_dir=align_dir)
+    t_train = time.perf_counter() - t0
+    records, frames, metas = test if test is not None else load_test(pcfg)
+    t0 = time.perf_counter()
+    feats = univtg.encode_videos(res.align_model, {v: frames[v] for v in {r["video"] for r in records}},
+                                 cfg.frame_input)
+    answered = univtg.predict(res.model, records, feats, res.tokenizer, cfg)
+    t_infer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    system = evaluate.evaluate_system(UNIVTG, "specialist", answered, None, metas, specialist_eval_config(pcfg),
+                                      out_dir / "evaluate", t_infer)
+    m = dict(system.metrics)
+    m["inference"] = ablation.inference_summary(t_infer, answered, frames, [len(feats[r["video"]]) for r in answered])
+    m["inference"]["frame_tokens_note"] = "frame features per video (no LLM)"
+    univtg.save(res.model, out_dir)
+    _write_csv(res.log, out_dir / "loss.csv")
+    payload = {
+        "row": UNIVTG, "label": label(UNIVTG), "seed": int(seed), "kind": "specialist", "variant": None,
+        "switches": dataclasses.asdict(cfg), "schedule": pcfg.schedule(),
+        "values": {k: ablation.metric_value(m, k) for k in ablation.ALL_METRICS},
+        "metrics": m, "n_records": len(answered), "n_videos": len({r["video"] for r in answered}),
+        "train": res.metrics, "seconds": round(time.time() - _PROCESS_START, 2),
+        "seconds_parts": {"train": round(t_train, 2), "evaluate": round(t_infer + time.perf_counter() - t0, 2)},
+    }
+    payload["values"]["F1(cap)"] = None  # not applicable: the specialist answers tvg only
+    ablation.write_cell(out_dir, payload, [{**r, "seed": int(seed)} for r in system.rows])
+    return payload
+
+
+def _write_csv(rows: Sequence[Mapping], path: Path) -> None:
+    import pandas as pd
+
+    ablation.write_csv_atomic(pd.DataFrame(list(rows)), path)
+
+
+def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
+    """The ``cell`` command: read params (profile applied), set threads, run the row's kind of cell."""
+    import torch
+
+    from . import config
+
+    pcfg = load_config(profile)
+    threads = pcfg.univtg.num_threads if row in SPECIALISTS else pcfg.num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    if row in SPECIALISTS:
+        if row not in pcfg.specialists:
+            print(f"note: {row!r} is not in peers.specialists {list(pcfg.specialists)}", file=sys.stderr)
+        return run_univtg_cell(seed, pcfg)
+    if row not in pcfg.rows:
+        print(f"note: {row!r} is not in peers.rows {list(pcfg.rows)}", file=sys.stderr)
+    return run_llm_cell(row, seed, pcfg, config.load_section("sft", profile=profile),
+                        config.load_section("variants", profile=profile))
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregate
+# ------------------------------------------------------------------------------------------------
+def load_cells(pcfg: PeersConfig, root: str | Path | None = None) -> dict:
+    """``{(row, seed): metrics.json payload}`` of every configured cell (a missing one is an error that
+    names its command)."""
+    out = {}
+    for row, seed in pcfg.cells():
+        p = cell_dir(row, seed, root) / "metrics.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing peers cell (python -m d2lib.peers cell --row {row} --seed {seed})")
+        out[(row, seed)] = json.loads(p.read_text())
+    return out
+
+
+def load_records(cells: Mapping, root: str | Path | None = None):
+    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``)."""
+    import pandas as pd
+
+    frames = []
+    for row, seed in cells:
+        p = cell_dir(row, seed, root) / "records.csv"
+        if p.is_file():
+            d = pd.read_csv(p)
+            d["row"], d["seed"] = row, int(seed)
+            frames.append(d)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def costs(cells: Mapping, row: str) -> dict:
+    """A row's costs, averaged over its seeds: frame tokens per video (what the LLM reads per prompt; the
+    specialist: frame features), frames per video, train seconds, inference seconds per query; seeds used."""
+    cs = [c for (r, _), c in cells.items() if r == row]
+
+    def mean(get):
+        vals = [get(c) for c in cs]
+        vals = [float(v) for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    inf = lambda c, k: (c.get("metrics", {}).get("inference") or {}).get(k)  # noqa: E731
+    return {"kind": cs[0].get("kind") if cs else None,
+            "frame_tokens": mean(lambda c: inf(c, "frame_tokens")),
+            "frames_per_video": mean(lambda c: inf(c, "frames_per_video")),
+            "train_s": mean(lambda c: (c.get("seconds_parts") or {}).get("train")),
+            "infer_s_per_query": mean(lambda c: inf(c, "s_per_query")),
+            "n_queries": mean(lambda c: inf(c, "n_queries")),
+            "seeds": sorted(int(s) for (r, s) in cells if r == row)}
+
+
+def results_table(per_seed, records, cells: Mapping, rows: Sequence[str], level: float = 0.95,
+                  n_boot: int = 1000):
+    """The peers table (one line per row): for each of :data:`TABLE_METRICS` the mean over seeds and its
+    intervals (``<m>_low/_high``: t over seeds, ``<m>_boot_low/_boot_high``: bootstrap over test videos;
+    fractions), then :func:`costs`."""
+    import pandas as pd
+
+    long = ablation.summarize(per_seed, records, level, n_boot, rows=rows, metrics=list(TABLE_METRICS))
+    out = []
+    for row in rows:
+        d = long[long["row"] == row].set_index("metric")
+        line = {"row": row, "label": label(row)}
+        for m, col in TABLE_METRICS.items():
+            for suffix, k in (("", "mean"), ("_low", "low"), ("_high", "high"), ("_boot_low", "boot_low"),
+                              ("_boot_high", "boot_high")):
+                line[col + suffix] = float(d.loc[m, k]) if m in d.index else math.nan
+        c = costs(cells, row)
+        line.update({k: c[k] for k in ("kind", "frame_tokens", "frames_per_video", "train_s", "infer_s_per_query")})
+        line["seeds"] = " ".join(map(str, c["seeds"]))
+        line["n_seeds"] = len(c["seeds"])
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def display_table(table, digits: int = 1):
+    """The table as people read it: accuracy ×100 (``mean ± half-width`` of the t-interval when there are
+    2+ seeds), ``n/a`` where a row does not answer the task, costs, and the seeds used."""
+    import pandas as pd
+
+    out = {}
+    for d in table.to_dict("records"):
+        line = {}
+        for col in TABLE_METRICS.values():
+            mean, lo, hi = d[col], d[col + "_low"], d[col + "_high"]
+            if not np.isfinite(mean):
+                line[col] = "n/a"
+            elif np.isfinite(lo):
+                line[col] = f"{100 * mean:.{digits}f} ± {100 * (hi - lo) / 2:.{digits}f}"
+            else:
+                line[col] = f"{100 * mean:.{digits}f}"
+        line["frame tokens / video"] = _num(d["frame_tokens"], 1)
+        line["train s"] = _num(d["train_s"], 0)
+        line["inference ms / query"] = _num(None if d["infer_s_per_query"] is None else 1000 * d["infer_s_per_query"], 1)
+        line["seeds"] = f"{d['n_seeds']} ({d['seeds']})"
+        out[d["label"]] = line
+    return pd.DataFrame(out).T
+
+
+def _num(v, digits: int) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def comparisons(per_seed, records, rows: Sequence[str], baseline: str, level: float = 0.95, n_boot: int = 1000):
+    """Every row against ``baseline`` on :data:`COMPARE_METRICS` (:func:`d2lib.ablation.compare`: per-seed
+    differences with a t-interval, and the paired video bootstrap); ``verdict``: ``higher``/``lower`` when
+    every available interval excludes 0, else ``not resolved``."""
+    import pandas as pd
+
+    out = []
+    for row in rows:
+        if row == baseline:
+            continue
+        for m in COMPARE_METRICS:
+            c = ablation.compare(per_seed, records, row, baseline, m, level, n_boot)
+            v = ablation.claim_verdict(c)
+            c["verdict"] = {"reproduces": "higher", "contradicted": "lower"}.get(v, "not resolved")
+            c["per_seed"] = json.dumps(c["per_seed"])
+            out.append(c)
+    return pd.DataFrame(out, columns=["better", "worse", "metric", "n_seeds", "diff", "low", "high", "boot_diff",
+                                      "boot_low", "boot_high", "per_seed", "verdict"])
+
+
+def statement(table, comps, baseline: str) -> str:
+    """Plain-language lines computed from the table and the comparisons (no typed numbers): per row its
+    R@1@0.5 / mIoU difference to ``baseline`` with the intervals and verdict, then its costs relative to it."""
+    t = table.set_index("row")
+    if baseline not in t.index:
+        return ""
+    b = t.loc[baseline]
+    names = {"charades.R1@0.5": "R@1@0.5", "charades.mIoU": "mIoU"}
+    lines = []
+    for row, g in comps.groupby("better", sort=False):
+        parts = []
+        for c in g.itertuples():
+            ci = f" [t over seeds {100 * c.low:+.1f}, {100 * c.high:+.1f}]" if np.isfinite(c.low) else ""
+            boot = f" [videos {100 * c.boot_low:+.1f}, {100 * c.boot_high:+.1f}]" if np.isfinite(c.boot_low) else ""
+            parts.append(f"{names[c.metric]} {100 * c.diff:+.1f}{ci}{boot} ({c.verdict})")
+        r = t.loc[row]
+        cost = []
+        if r["frame_tokens"] is not None and b["frame_tokens"] is not None and np.isfinite(r["frame_tokens"]):
+            cost.append(f"{r['frame_tokens']:.1f} vs {b['frame_tokens']:.1f} frame tokens/video")
+        if np.isfinite(r["train_s"]) and np.isfinite(b["train_s"]):
+            cost.append(f"trains in {r['train_s']:.0f} s vs {b['train_s']:.0f} s")
+        if np.isfinite(r["infer_s_per_query"]) and np.isfinite(b["infer_s_per_query"]):
+            cost.append(f"{1000 * r['infer_s_per_query']:.1f} vs {1000 * b['infer_s_per_query']:.1f} ms/query")
+        seeds = f"{int(r['n_seeds'])} seed(s)"
+        lines.append(f"- {label(row)} vs {label(baseline)}: " + "; ".join(parts) + (f"; {', '.join(cost)}" if cost else "")
+                     + f"; {seeds}.")
+    return "\n".join(lines)
+
+
+def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: str | Path | None = None,
+              plots_dir: str | Path | None = None) -> dict:
+    """The ``aggregate`` command: read every cell, write ``peers.json`` and ``peers_table.csv``; returns
+    ``{"json", "table", "comparisons", "per_seed", "records"}``."""
+    from . import formats
+
+    t0 = time.perf_counter()
+    cells = load_cells(pcfg, root)
+    per_seed = ablation.cells_frame(cells)
+    per_seed["label"] = [label(r) for r in per_seed["row"]]
+    records = load_records(cells, root)
+    rows = pcfg.all_rows()
+    table = results_table(per_seed, records, cells, rows, pcfg.ci_level, pcfg.n_boot)
+    comps = comparisons(per_seed, records, rows, pcfg.baseline, pcfg.ci_level, pcfg.n_boot)
+    plots_dir = Path(plots_dir) if plots_dir is not None else paths.artifacts("plots", mkdir=False)
+    metrics_path = Path(metrics_path) if metrics_path is not None else paths.artifacts("metrics", "peers.json", mkdir=False)
+    ablation.write_csv_atomic(table, plots_dir / "peers_table.csv")
+    text = statement(table, comps, pcfg.baseline)
+    obj = {
+        "split": "test", "baseline": pcfg.baseline, "seeds": list(pcfg.seeds),
+        "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(cells)}},
+        "interval": {"low/high": f"t-interval over seeds ({100 * pcfg.ci_level:.0f}%; none with one seed)",
+                     "boot_low/boot_high": f"bootstrap over test videos ({pcfg.n_boot} resamples)"},
+        "rows": {r["row"]: {"label": r["label"], "kind": r["kind"],
+                            "metrics": {m: {k: r[c + s] for k, s in (("mean", ""), ("low", "_low"), ("high", "_high"),
+                                                                     ("boot_low", "_boot_low"),
+                                                                     ("boot_high", "_boot_high"))}
+                                        for m, c in TABLE_METRICS.items()},
+                            "cost": costs(cells, r["row"])}
+                 for r in table.to_dict("records")},
+        "comparisons": {f"{c.better}/{c.metric}": {"diff": c.diff, "low": c.low, "high": c.high,
+                                                   "boot_low": c.boot_low, "boot_high": c.boot_high,
+                                                   "n_seeds": c.n_seeds, "verdict": c.verdict}
+                        for c in comps.itertuples()},
+        "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
+        "statement": text,
+        "timing": ablation.timing(cells),
+    }
+    obj["timing"]["aggregate_s"] = round(time.perf_counter() - t0, 2)
+    formats.write_json(ablation._clean(obj), metrics_path)
+    return {"json": obj, "table": table, "comparisons": comps, "per_seed": per_seed, "records": records}
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m d2lib.peers", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cell", help="train and evaluate one (row, seed) cell into artifacts/peers/<row>/<seed>")
+    c.add_argument("--row", required=True, help="a peers.rows name (a variants row) or a specialist (univtg)")
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    a = sub.add_parser("aggregate", help="the peers table → artifacts/metrics/peers.json, plots/peers_table.csv")
+    a.add_argument("--profile", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.cmd == "cell":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        p = run_cell(args.row, args.seed, args.profile)
+        v = p["values"]
+        show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("charades.R1@0.5", "charades.mIoU", "F1(cap)")}
+        print(f"{label(p['row'])} seed {p['seed']}: {show}  ({p['seconds']:.0f} s) -> {cell_dir(p['row'], p['seed'])}")
+    else:
+        res = aggregate(load_config(args.profile))
+        print(display_table(res["table"]).to_string())
+        if res["json"]["statement"]:
+            print("\n" + res["json"]["statement"])
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["SPECIALISTS", "LABELS", "TABLE_METRICS", "COMPARE_METRICS", "PeersConfig", "label", "load_config",
+           "root_dir", "cell_dir", "run_llm_cell", "load_test", "specialist_eval_config", "run_univtg_cell",
+           "run_cell", "load_cells", "load_records", "costs", "results_table", "display_table", "comparisons",
+           "statement", "aggregate", "main"]

@@ -1,0 +1,218 @@
+"""d2lib.univtg (the UniVTG-style specialist of lesson 08_peers) and d2lib.peers: targets and decoding round-trip,
+the losses, a toy the specialist must learn, config validation, the peers aggregate on fixture cells, and one
+real (tiny) specialist cell end to end."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ablation_fixture import fake_cells, fake_records, mini_project
+from d2lib import ablation, config, peers, univtg
+from d2lib.config import ConfigError
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
+
+
+# ------------------------------------------------------------------------------ targets and decoding
+@pytest.mark.parametrize("span,T", [([0, 0], 5), ([3, 7], 12), ([9, 11], 12), ([0, 19], 20), ([4, 5], 30)])
+def test_every_foreground_frame_proposes_the_gt_span_exactly(span, T):
+    fg, off = univtg.targets(span, T)
+    first, last = span
+    assert fg.tolist() == [float(first <= t <= last) for t in range(T)]
+    props = univtg.frame_proposals(off)
+    for t in range(first, last + 1):
+        assert props[t].tolist() == [float(first), float(last)]
+    assert univtg.decode(fg, off, duration=T) == [float(first), float(last)]
+    assert (off >= 0).all()
+
+
+def test_decode_clips_to_the_video_and_proposals_apply_nms():
+    off = torch.tensor([[5.0, 1.0], [0.0, 9.0], [1.0, 1.0]])
+    assert univtg.decode(torch.tensor([0.9, 0.1, 0.2]), off, duration=4) == [0.0, 1.0]  # [-5, 1] → [0, 1]
+    assert univtg.decode(torch.tensor([0.1, 0.9, 0.2]), off, duration=4) == [1.0, 4.0]  # [1, 10] → [1, 4]
+    score = torch.tensor([0.9, 0.8, 0.7])
+    off = torch.tensor([[0.0, 2.0], [1.0, 1.0], [0.0, 0.5]])  # spans [0,2], [0,2], [2,2.5]
+    props = univtg.proposals(score, off, duration=10, top_k=3, nms_iou=0.5)
+    assert [p for p, _ in props] == [[0.0, 2.0], [2.0, 2.5]] and props[0][1] == pytest.approx(0.9)
+
+
+def test_saliency_hinge_is_zero_when_inside_beats_outside_by_the_margin():
+    fg = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    good = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    assert float(univtg.saliency_hinge(good, fg, mask, margin=0.5)) == 0.0
+    bad = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    assert float(univtg.saliency_hinge(bad, fg, mask, margin=0.5)) == pytest.approx(1.5)
+    # padding and queries without negatives are ignored
+    assert float(univtg.saliency_hinge(bad, torch.ones(1, 4), mask, 0.5)) == 0.0
+    assert float(univtg.saliency_hinge(bad, fg, torch.tensor([[False, True, True, False]]), 0.5)) == 0.0
+
+
+# ------------------------------------------------------------------------------ a toy it must learn
+class _Tok:
+    """Query words: 'a' → id 2, 'b' → id 3 (pad 0)."""
+
+    pad_token_id, unk_token_id = 0, 1
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [{"a": 2, "b": 3}.get(w, 1) for w in text.split()]}
+
+
+def _toy(n_videos: int, seed: int, T: int = 20, D: int = 8):
+    """Videos with two events (channel 0 lights up during event a, channel 1 during b) + noise; one query
+    per event: the query word names the event."""
+    rng = np.random.default_rng(seed)
+    feats, records = {}, []
+    for k in range(n_videos):
+        x = rng.normal(0, 0.3, size=(T, D)).astype(np.float32)
+        a0 = int(rng.integers(0, T // 2 - 4))
+        b0 = int(rng.integers(T // 2, T - 4))
+        spans = {"a": [a0, a0 + int(rng.integers(2, 4))], "b": [b0, b0 + int(rng.integers(2, 4))]}
+        for ch, w in enumerate("ab"):
+            s, e = spans[w]
+            x[s:e + 1, ch] += 1.0
+        v = f"v{k}"
+        feats[v] = torch.from_numpy(x)
+        for w in "ab":
+            records.append({"task": "tvg", "video": v, "duration": T, "tgt": spans[w], "g": [w], "idx": len(records)})
+    return feats, records
+
+
+def test_specialist_learns_which_event_the_query_names():
+    cfg = univtg.UniVTGConfig(frame_input="frame_tokens", dim=32, layers=1, query_layers=1, heads=4, dropout=0.0,
+                              steps=400, batch_size=16, lr=3e-3)
+    tok = _Tok()
+    feats, recs = _toy(48, seed=0)
+    test_feats, test_recs = _toy(16, seed=1)
+    torch.manual_seed(0)
+    model = univtg.UniVTG(cfg, vocab_size=4, feat_dim=8, max_frames=32)
+    log = univtg.fit(model, univtg.make_examples(recs, feats, tok), feats, cfg, seed=0, log_every=50)
+    assert log[-1]["loss"] < log[0]["loss"]
+    answered = univtg.predict(model, test_recs, test_feats, tok, cfg)
+    scores = univtg.tvg_scores(answered)
+    # a model that ignores the query finds the named event in at most half of the queries (two per video)
+    from d2lib.parsing import parse_spans
+
+    centre = [np.mean(parse_spans(r["a"])[0]) for r in answered]
+    found = np.mean([r["tgt"][0] - 0.5 <= c <= r["tgt"][1] + 0.5 for r, c in zip(test_recs, centre)])
+    assert found > 0.8 and scores["R1@0.3"] > 0.75 and scores["R1@0.5"] > 0.5, (found, scores)
+    assert answered[0]["a"].startswith("The event happens in ")
+
+
+def test_pixels_mode_encodes_frames_with_its_own_cnn():
+    cfg = univtg.UniVTGConfig(frame_input="pixels", dim=16, layers=1, heads=2, steps=1)
+    model = univtg.UniVTG(cfg, vocab_size=4, feat_dim=3)
+    frames = torch.randint(0, 255, (2, 5, 32, 32, 3), dtype=torch.uint8)
+    assert model.cnn(frames).shape == (2, 5, 16, 16)  # (V, T, P = 4·4, dim)
+    out = model(frames, torch.tensor([0, 1, 1]), torch.ones(3, 5, dtype=torch.bool),
+                torch.tensor([[2, 0], [3, 2], [2, 0]]), torch.tensor([[True, False], [True, True], [True, False]]))
+    assert out["fg"].shape == (3, 5) and out["off"].shape == (3, 5, 2) and (out["off"] >= 0).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = univtg.UniVTGConfig(frame_input="frame_tokens", dim=16, layers=1, heads=2)
+    model = univtg.UniVTG(cfg, vocab_size=5, feat_dim=8).eval()
+    univtg.save(model, tmp_path)
+    back = univtg.load(tmp_path)
+    x = torch.randn(1, 6, 8)
+    args = (x, torch.tensor([0]), torch.ones(1, 6, dtype=torch.bool), torch.tensor([[2, 3]]), torch.ones(1, 2, dtype=torch.bool))
+    assert torch.allclose(model(*args)["fg"], back(*args)["fg"])
+
+
+# ------------------------------------------------------------------------------ params
+def test_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match=r"peers\.univtg\.heads"):
+        univtg.UniVTGConfig(dim=30, heads=4)
+    with pytest.raises(ConfigError, match=r"peers\.univtg\.steps"):
+        univtg.UniVTGConfig(steps=0)
+    with pytest.raises(ConfigError, match=r"peers\.rows"):
+        peers.PeersConfig(rows=("full", "univtg"))
+    with pytest.raises(ConfigError, match=r"peers\.baseline"):
+        peers.PeersConfig(rows=("text_timestamps",))
+    with pytest.raises(ConfigError, match=r"peers\.seeds"):
+        peers.PeersConfig(seeds=())
+    with pytest.raises(ConfigError, match=r"peers\.univtg\.frame_input"):
+        config.from_dict(peers.PeersConfig, {"univtg": {"frame_input": "clip"}}, "peers")
+    repo = config.load_section("peers")
+    assert repo.baseline in repo.rows and "univtg" in repo.specialists and len(repo.seeds) >= 1
+    assert set(repo.rows) <= set(config.load_section("variants").names())
+    smoke = config.load_section("peers", profile="smoke")
+    assert smoke.univtg.steps < repo.univtg.steps and smoke.eval_max_videos <= 3
+    a = repo.ablation_config()
+    assert (a.sft_steps, a.eval_max_videos, a.preference) == (repo.sft_steps, repo.eval_max_videos, ())
+
+
+# ------------------------------------------------------------------------------ the aggregate
+def _fixture_cells(root):
+    records, _ = fake_records()
+    cells = fake_cells(root, {"full": 0.7, "text_timestamps": 0.2, "univtg": 0.9}, seeds=(0,), records=records)
+    inference = {"full": (8.0, 40.0, 0.5), "text_timestamps": (8.0, 40.0, 0.4), "univtg": (0.5, 40.0, 0.002)}
+    for (row, seed), c in cells.items():
+        d = peers.cell_dir(row, seed, root)
+        tokens, frames, spq = inference[row]
+        c["metrics"] = {"inference": {"seconds": spq * 10, "n_queries": 10, "s_per_query": spq,
+                                      "frame_tokens": frames, "frames_per_video": frames}}
+        c["seconds_parts"] = {"train": 100.0 * tokens, "evaluate": 5.0}
+        if row == "univtg":
+            c["kind"] = "specialist"
+            rec = pd.read_csv(d / "records.csv")
+            rec[rec.task == "tvg"].to_csv(d / "records.csv", index=False)
+            c["values"] = {k: (v if k.startswith(("charades.", "tvg.")) else None) for k, v in c["values"].items()}
+        (d / "metrics.json").write_text(json.dumps(c))
+    return cells
+
+
+def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path):
+    root = tmp_path / "peers"
+    cells = _fixture_cells(root)
+    pcfg = peers.PeersConfig(rows=("full", "text_timestamps"), specialists=("univtg",), seeds=(0,), n_boot=200)
+    out = peers.aggregate(pcfg, root=root, metrics_path=tmp_path / "m" / "peers.json", plots_dir=tmp_path / "p")
+    table = out["table"].set_index("row")
+    assert list(table.index) == ["full", "text_timestamps", "univtg"]
+    for row in table.index:
+        v = cells[(row, 0)]["values"]
+        assert table.loc[row, "R@1@0.5"] == pytest.approx(v["charades.R1@0.5"])
+        assert table.loc[row, "mIoU"] == pytest.approx(v["charades.mIoU"])
+        assert math.isnan(table.loc[row, "R@1@0.5_low"])  # one seed: no t-interval
+        assert table.loc[row, "R@1@0.5_boot_low"] <= table.loc[row, "R@1@0.5"] <= table.loc[row, "R@1@0.5_boot_high"]
+        assert table.loc[row, "seeds"] == "0" and table.loc[row, "n_seeds"] == 1
+    assert math.isnan(table.loc["univtg", "dvc F1"])  # not applicable, not 0
+    assert table.loc["univtg", "frame_tokens"] == 40.0 and table.loc["univtg", "infer_s_per_query"] == 0.002
+    shown = peers.display_table(out["table"])
+    assert shown.loc["UniVTG-style specialist", "dvc F1"] == "n/a" and shown.loc["D²VLM (full)", "seeds"] == "1 (0)"
+    saved = pd.read_csv(tmp_path / "p" / "peers_table.csv")
+    assert np.allclose(saved["R@1@0.5"], out["table"]["R@1@0.5"])
+    j = json.loads((tmp_path / "m" / "peers.json").read_text())
+    assert j["baseline"] == "full" and j["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
+    assert j["rows"]["univtg"]["cost"]["seeds"] == [0] and j["not_applicable"] == {"univtg": ["F1(cap)"]}
+    comp = j["comparisons"]["univtg/charades.R1@0.5"]
+    diff = cells[("univtg", 0)]["values"]["charades.R1@0.5"] - cells[("full", 0)]["values"]["charades.R1@0.5"]
+    assert comp["diff"] == pytest.approx(diff) and comp["verdict"] in ("higher", "lower", "not resolved")
+    assert j["comparisons"]["text_timestamps/charades.R1@0.5"]["verdict"] == "lower"  # 0.2 vs 0.7 on every video
+    assert "UniVTG-style specialist vs D²VLM (full): R@1@0.5 " in j["statement"]
+    assert f"{100 * diff:+.1f}" in j["statement"] and "1 seed(s)" in j["statement"]
+    with pytest.raises(FileNotFoundError, match="missing peers cell"):
+        peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), root=root, metrics_path=tmp_path / "x.json",
+                        plots_dir=tmp_path / "q")
+
+
+# ------------------------------------------------------------------------------ one real (tiny) specialist cell
+def test_univtg_cell_trains_and_scores_on_a_mini_project(tmp_path, monkeypatch):
+    root = mini_project(tmp_path / "proj")
+    monkeypatch.setenv("D2LIB_ROOT", str(root))
+    pcfg = peers.PeersConfig(seeds=(0,), eval_max_videos=2, n_boot=20,
+                             univtg=univtg.UniVTGConfig(steps=3, batch_size=4, dim=16, heads=2, layers=1))
+    p = peers.run_univtg_cell(0, pcfg)
+    d = root / "artifacts" / "peers" / "univtg" / "0"
+    assert p["kind"] == "specialist" and p["values"]["F1(cap)"] is None
+    assert p["values"]["charades.R1@0.5"] is not None and p["n_videos"] == 2
+    assert p["metrics"]["inference"]["frame_tokens"] == p["metrics"]["inference"]["frames_per_video"] > 0
+    rows = pd.read_csv(d / "records.csv")
+    assert set(rows["task"]) == {"tvg"} and len(rows) == p["n_records"]
+    assert (d / "univtg.pt").is_file() and (d / "metrics.json").is_file() and (d / "loss.csv").is_file()
+    assert univtg.load(d).cfg.steps == 3
