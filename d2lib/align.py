@@ -20,26 +20,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import data, datasets, infer, paths, spans, train, videotext
 from .model import D2VLM, ModelConfig
-from .train import AlignConfig, TrainResult
+from .train import AlignConfig, StageResult
 
 
 @dataclass
-class AlignResult:
+class AlignResult(StageResult):
     """What :func:`run` returns: the trained model (eval mode), its tokenizer, the fit result, the
     output folder, the final validation metrics and wall times in seconds."""
-
-    model: D2VLM
-    tokenizer: Any
-    fit: TrainResult
-    out_dir: Path
-    metrics: dict
-    seconds: dict
 
 
 def out_dir_default() -> Path:

@@ -54,7 +54,7 @@ import warnings
 from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ from .config import check
 from .losses import fpo_loss, grounding_loglik, response_logprob, sequence_logprob
 from .model import D2VLM, D2Output, Variant
 from .spans import soft_targets
-from .train import SFTConfig, TrainResult
+from .train import SFTConfig, StageResult
 
 FAMILIES = ("grounding", "text")
 TYPES = tuple(preference.TYPES)  # shift, add, drop, merge, wrong_attribute, repeat
@@ -454,16 +454,10 @@ def eval_tvg(model: D2VLM, records: Sequence[Mapping], videos: Mapping[str, torc
 
 
 @dataclass
-class FPOResult:
+class FPOResult(StageResult):
     """What :func:`run` returns: the trained policy (eval mode, LoRA attached), its tokenizer, the fit
     result, the output folder, the metrics (also the stage's JSON), the val pair rows before/after."""
 
-    model: D2VLM
-    tokenizer: Any
-    fit: TrainResult
-    out_dir: Path
-    metrics: dict
-    seconds: dict
     pairs_before: list[dict]
     pairs_after: list[dict]
     train_pairs: list[preference.Pair]

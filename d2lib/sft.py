@@ -17,26 +17,18 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import align, data, infer, lora, paths, timerep, tokenbudget, tokens, train
 from .model import D2VLM, Variant
-from .train import SFTConfig, TrainResult
+from .train import SFTConfig, StageResult
 
 
 @dataclass
-class SFTResult:
+class SFTResult(StageResult):
     """What :func:`run` returns: the trained model (eval mode, LoRA still attached), its tokenizer,
     the fit result, the output folder, the final metrics and wall times in seconds."""
-
-    model: D2VLM
-    tokenizer: Any
-    fit: TrainResult
-    out_dir: Path
-    metrics: dict
-    seconds: dict
 
 
 def out_dir_default() -> Path:

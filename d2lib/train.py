@@ -545,6 +545,19 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
+@dataclass
+class StageResult:
+    """What a stage's ``run`` (align, sft, fpo) returns: the trained model (eval mode), its tokenizer,
+    the :class:`TrainResult`, the output folder, the final metrics and wall times in seconds."""
+
+    model: Any
+    tokenizer: Any
+    fit: TrainResult
+    out_dir: Path
+    metrics: dict
+    seconds: dict
+
+
 def make_accelerator(cfg: TrainConfig):
     """An Accelerator for ``cfg``: bf16 autocast on CUDA (``mixed_precision: auto``), DDP options."""
     from accelerate import Accelerator
