@@ -75,8 +75,8 @@ class AlignCollator(data.Collator):
     ``cap_ids``/``cap_mask`` (B, Lc), ``cap_video``/``video_id`` (B,) video ids within the batch and
     ``cap_frames`` (B, 2) the event's inclusive frames."""
 
-    def __init__(self, frames, tokenizer, captions: dict[str, list]):
-        super().__init__(frames, tokenizer.pad_token_id, kind="frames")
+    def __init__(self, frames, tokenizer, captions: dict[str, list], dedupe: bool = False):
+        super().__init__(frames, tokenizer.pad_token_id, kind="frames", dedupe=dedupe)
         self.captions = {v: [(torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"]),
                               spans.span_to_frames(sp, len(frames[v]))) for c, sp in cs]
                          for v, cs in captions.items() if v in frames}
@@ -133,10 +133,11 @@ def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = N
     model = build_model(model_cfg, tok, cfg.seed)
     secs["setup"] = time.perf_counter() - t0
 
-    collate = AlignCollator(frames, tok, video_captions(train_recs))
+    collate = AlignCollator(frames, tok, video_captions(train_recs), dedupe=cfg.group_videos)
     objective = videotext.AlignObjective(model, cfg.contrastive_weight, cfg.contrastive_pairs)
     res = train.fit(objective, examples, cfg, out_dir, collate, eval_fn=make_eval_fn(val_recs, val_frames, tok, cfg),
-                    resume=resume, progress=progress, export_fn=lambda obj, folder: train.export_model(obj.model, folder))
+                    resume=resume, progress=progress, export_fn=lambda obj, folder: train.export_model(obj.model, folder),
+                    groups=data.video_groups(examples) if cfg.group_videos else None)
     secs["train"] = res.seconds
     model.eval()
 

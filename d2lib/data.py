@@ -204,18 +204,39 @@ class Collator:
 
     ``kind``: ``"frames"`` (uint8 frames, the tower runs and trains) or ``"tower_feats"`` (cached
     features of a frozen tower); ``padding_side``: ``"right"`` to train, ``"left"`` to generate.
+    ``dedupe``: each distinct video goes into the batch once, with ``video_index`` (B,) — several
+    queries of one video then share one tower pass (:func:`d2lib.tokens.collate`).
     Only tensors go into the batch (``fit`` moves it to the device and calls ``model(**batch)``).
     """
 
     def __init__(self, videos: Mapping[str, torch.Tensor], pad_id: int, kind: str = "tower_feats",
-                 padding_side: str = "right"):
+                 padding_side: str = "right", dedupe: bool = False):
         if kind not in ("frames", "tower_feats"):
             raise ValueError(f"kind must be 'frames' or 'tower_feats', got {kind!r}")
         self.videos, self.pad_id, self.kind, self.padding_side = videos, pad_id, kind, padding_side
+        self.dedupe = dedupe
 
     def __call__(self, examples: Sequence[dict]) -> dict:
-        vids = [self.videos[e["video"]] for e in examples]
-        return tokens.collate(examples, self.pad_id, padding_side=self.padding_side, **{self.kind: vids})
+        names = [e["video"] for e in examples]
+        if not self.dedupe:
+            vids = [self.videos[v] for v in names]
+            return tokens.collate(examples, self.pad_id, padding_side=self.padding_side, **{self.kind: vids})
+        local = {v: i for i, v in enumerate(dict.fromkeys(names))}  # distinct videos, first-seen order
+        return tokens.collate(examples, self.pad_id, padding_side=self.padding_side,
+                              video_index=[local[v] for v in names], **{self.kind: [self.videos[v] for v in local]})
+
+
+def video_groups(examples: Sequence[dict]) -> list[list[int]]:
+    """Indices of ``examples`` grouped by their ``video`` (first-seen order): the ``groups`` of
+    :func:`d2lib.train.fit` for batches of whole videos.
+
+    >>> video_groups([{"video": "a"}, {"video": "b"}, {"video": "a"}])
+    [[0, 2], [1]]
+    """
+    out: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        out.setdefault(e["video"], []).append(i)
+    return list(out.values())
 
 
 def video_kind(videos: Mapping[str, torch.Tensor]) -> str:

@@ -120,6 +120,7 @@ class FPOConfig(SFTConfig):
         super().__post_init__()
         check(all(t in PAIR_TASKS for t in self.tasks), "fpo.tasks",
               f"pairs exist for {', '.join(PAIR_TASKS)} only (rar has no grounded event), got {list(self.tasks)}")
+        check(not self.group_videos, "fpo.group_videos", "not supported for preference pairs (leave it false)")
         check(self.beta > 0 and math.isfinite(self.beta), "fpo.beta", f"must be > 0, got {self.beta}")
         check(self.fpo_weight >= 0 and self.sft_weight >= 0 and self.fpo_weight + self.sft_weight > 0,
               "fpo.fpo_weight", f"weights must be >= 0 and not both 0, got fpo {self.fpo_weight}, sft {self.sft_weight}")

@@ -39,7 +39,7 @@ def predict(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor
     was_training = model.training
     model.eval()
     exs = make_examples(records, videos, model.variant, tokenizer, with_response=False, keep=keep)
-    collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos), padding_side="left")
+    collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos), padding_side="left", dedupe=True)
     order = sorted(range(len(exs)), key=lambda i: len(exs[i]["input_ids"]))
     gens: list = [None] * len(exs)
     device = next(model.parameters()).device

@@ -461,20 +461,46 @@ class D2VLM(nn.Module):
         dtype = next(self.tower.parameters()).dtype
         return [s.flatten(0, 1).to(dtype) for s in streams]
 
-    def encode_tower(self, frames: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    def encode_tower(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                     chunk: int = 512) -> torch.Tensor:
         """Vision tower outputs to cache: frames (B, T, H, W, 3) or (T, H, W, 3) → patch tokens
-        (B, T, S, P, Dv) or (T, S, P, Dv). Wrap in ``torch.no_grad()`` when the tower is frozen."""
+        (B, T, S, P, Dv) or (T, S, P, Dv). Wrap in ``torch.no_grad()`` when the tower is frozen.
+
+        ``frame_mask`` (B, T) bool: the tower runs on the valid frames only and padded slots get
+        zeros (a batch of 16-64 s videos padded to the longest is ~40% padding); the valid frames'
+        features are the same as without the mask (motion channels are computed before selecting)."""
         single = frames.dim() == 4
         frames = frames[None] if single else frames
         B, T = frames.shape[:2]
         if getattr(self.variant, "frame_numbers", False):  # NumPro: the tower sees the numbers
             frames = timerep.draw_frame_numbers(frames.flatten(0, 1), list(range(T)) * B).unflatten(0, (B, T))
+        keep = None if frame_mask is None or bool(frame_mask.all()) else frame_mask.reshape(-1)
         outs = []
         for s in self.pixel_streams(frames):
+            s = s if keep is None else s[keep]
             parts = [self.tower(pixel_values=s[i:i + chunk]).last_hidden_state for i in range(0, len(s), chunk)]
-            outs.append(torch.cat(parts))  # (B·T, P, Dv)
+            x = torch.cat(parts)  # (N, P, Dv), N = B·T or the valid frames
+            if keep is not None:
+                x = x.new_zeros(B * T, *x.shape[1:]).index_put((keep.nonzero()[:, 0],), x)
+            outs.append(x)  # (B·T, P, Dv)
         feats = torch.stack(outs, 1).unflatten(0, (B, T))  # (B, T, S, P, Dv)
         return feats[0] if single else feats
+
+    def batch_tower_feats(self, frames, tower_feats, frame_mask, video_index=None) -> torch.Tensor:
+        """Tower features (B, T, S, P, Dv) of a batch: ``tower_feats`` if cached, else the tower on
+        ``frames``. With ``video_index`` (B,) both hold each distinct video once (U, T, ...): the
+        tower runs once per video and row b gets video ``video_index[b]``."""
+        if video_index is None:
+            return tower_feats if tower_feats is not None else self.encode_tower(frames, frame_mask)
+        if tower_feats is None:
+            U = frames.shape[0]
+            first = torch.full((U,), -1, dtype=torch.long, device=frame_mask.device)
+            first = first.scatter_reduce(0, video_index, torch.arange(len(video_index), device=frame_mask.device),
+                                         reduce="amax")  # an example showing each video
+            if bool((first < 0).any()):
+                raise ValueError("video_index leaves a video of the batch unused")
+            tower_feats = self.encode_tower(frames, frame_mask[first])
+        return tower_feats[video_index]
 
     def frame_tokens(self, tower_feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, T, S, P, Dv) → frame tokens (B, T, H) at the LM width, one per second
@@ -577,15 +603,15 @@ class D2VLM(nn.Module):
     def forward(self, input_ids, attention_mask, frame_start, frame_mask, labels=None, frames=None,
                 tower_feats=None, evi_batch=None, evi_tok_pos=None, evi_pred_pos=None, evi_role=None,
                 evi_frames=None, evi_pairs=None, frame_pos=None, token_mask=None, token_of_frame=None,
-                **_unused) -> D2Output:
+                video_index=None, **_unused) -> D2Output:
         """Teacher-forced pass over a batch from :func:`d2lib.tokens.collate` (right padding).
 
-        Give ``frames`` (B, T, H, W, 3) uint8 or cached ``tower_feats`` (B, T, S, P, Dv).
+        Give ``frames`` (B, T, H, W, 3) uint8 or cached ``tower_feats`` (B, T, S, P, Dv) — or one per
+        distinct video (U, ...) with ``video_index`` (B,) (``Collator(dedupe=True)``).
         Returns :class:`D2Output`; ``loss`` is the SFT objective of the model's variant.
         ``frame_pos``/``token_mask``/``token_of_frame``: the peers' layouts (:meth:`frame_layout`).
         """
-        if tower_feats is None:
-            tower_feats = self.encode_tower(frames)
+        tower_feats = self.batch_tower_feats(frames, tower_feats, frame_mask, video_index)
         B, L = input_ids.shape
         T = frame_mask.shape[1]
         if T > self.cfg.max_frames:
@@ -632,7 +658,8 @@ class D2VLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, frame_start, frame_mask, frames=None, tower_feats=None,
                  tokenizer=None, max_new_tokens: int = 64, use_cache: bool = True, fps: float = 1.0,
-                 frame_pos=None, token_mask=None, token_of_frame=None, **_unused) -> list[Generation]:
+                 frame_pos=None, token_mask=None, token_of_frame=None, video_index=None,
+                 **_unused) -> list[Generation]:
         """Greedy decoding for a left-padded prompt batch (``collate(..., padding_side="left")``).
 
         Prefill once (caching the frame features f_t and injection-layer frame states V), then per
@@ -642,8 +669,7 @@ class D2VLM(nn.Module):
         """
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("generate needs left-padded prompts (collate(..., padding_side='left'))")
-        if tower_feats is None:
-            tower_feats = self.encode_tower(frames)
+        tower_feats = self.batch_tower_feats(frames, tower_feats, frame_mask, video_index)
         B, L = input_ids.shape
         T = frame_mask.shape[1]
         ftok, lay = self.frame_layout(self.frame_tokens(tower_feats, frame_mask), frame_start, frame_mask,

@@ -127,9 +127,10 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     examples = data.make_examples(train_recs, videos, variant, tok)
     secs["setup"] = time.perf_counter() - t0
 
-    collate = data.Collator(videos, tok.pad_token_id, kind=data.video_kind(videos))
+    collate = data.Collator(videos, tok.pad_token_id, kind=data.video_kind(videos), dedupe=cfg.group_videos)
     res = train.fit(model, examples, cfg, out_dir, collate, eval_fn=make_eval_fn(val_recs, val_videos, tok, cfg),
-                    resume=resume, export_fn=export_sft, progress=progress)
+                    resume=resume, export_fn=export_sft, progress=progress,
+                    groups=data.video_groups(examples) if cfg.group_videos else None)
     secs["train"] = res.seconds
     model.eval()
     if cfg.train_tower:  # the tower changed: cache its final features for the stages after this one

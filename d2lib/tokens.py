@@ -414,12 +414,16 @@ def consistency_pairs(ex: dict) -> list[tuple[int, int]]:
 
 
 def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
-            frames: Sequence[torch.Tensor] | None = None, tower_feats: Sequence[torch.Tensor] | None = None) -> dict:
+            frames: Sequence[torch.Tensor] | None = None, tower_feats: Sequence[torch.Tensor] | None = None,
+            video_index: Sequence[int] | None = None) -> dict:
     """Batch encoded examples for :meth:`d2lib.model.D2VLM.forward` / ``generate``.
 
     ``padding_side``: "right" for training, "left" for generation (the prompts then end together).
     ``frames``: per example uint8 (T, H, W, 3); or ``tower_feats``: per example cached
     :meth:`~d2lib.model.D2VLM.encode_tower` outputs (T, S, P, D). Padded to the longest video.
+    ``video_index`` (one int per example): ``frames``/``tower_feats`` then hold each distinct video
+    once (U of them) and example b shows video ``video_index[b]`` — the batch gets ``video_index``
+    (B,) and the model runs the tower once per video.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` (B, L); ``frame_start`` (B,),
     ``frame_mask`` (B, Tmax); ``frames`` or ``tower_feats`` (B, Tmax, ...); and flattened over all
@@ -472,6 +476,8 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
              "frame_start": frame_start, "frame_mask": frame_mask, **extra,
              **{k: torch.cat(v) for k, v in evi.items()},
              "evi_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)}
+    if video_index is not None:
+        batch["video_index"] = torch.as_tensor(list(video_index), dtype=torch.long)
     if frames is not None:
         batch["frames"] = _pad_stack(frames, T)
     if tower_feats is not None:

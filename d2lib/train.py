@@ -136,13 +136,16 @@ class StageConfig(TrainConfig):
 
     ``tasks``: the training records' tasks; ``eval_max_queries``: validation queries scored by
     generation (0: all); ``eval_batch_size``: prompts per generation batch; ``max_new_tokens``:
-    generation length limit.
+    generation length limit; ``group_videos``: a batch holds whole videos (all training examples of
+    a video back to back, :func:`epoch_permutation` groups) and the tower runs once per video
+    (``Collator(dedupe=True)``) — same examples per epoch, fewer tower passes.
     """
 
     tasks: tuple[str, ...] = STAGE_TASKS
     eval_max_queries: int = 0
     eval_batch_size: int = 32
     max_new_tokens: int = 48
+    group_videos: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -226,21 +229,43 @@ def total_steps(cfg: TrainConfig, n: int, world: int = 1) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The visiting order of epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` alone."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_permutation(n: int, seed: int, epoch: int, groups: tuple[tuple[int, ...], ...] | None = None) -> np.ndarray:
+    """The visiting order of epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` alone.
+
+    ``groups`` (a partition of ``range(n)``, e.g. the examples of each video): the groups are
+    visited in random order and each group's examples back to back (shuffled within the group).
+
+    >>> sorted(epoch_permutation(6, 0, 0, ((0, 1), (2, 3, 4), (5,))).tolist())
+    [0, 1, 2, 3, 4, 5]
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if groups is None:
+        return rng.permutation(n)
+    return np.concatenate([rng.permutation(np.asarray(groups[g], dtype=np.int64))
+                           for g in rng.permutation(len(groups))])
 
 
-def batch_indices(n: int, seed: int, micro: int, batch_size: int, world: int = 1, rank: int = 0) -> list[int]:
+def check_groups(groups: Sequence[Sequence[int]], n: int) -> tuple[tuple[int, ...], ...]:
+    """``groups`` as a tuple of tuples after checking it partitions ``range(n)`` (each index once)."""
+    out = tuple(tuple(int(i) for i in g) for g in groups)
+    flat = sorted(i for g in out for i in g)
+    if flat != list(range(n)) or not all(out):
+        raise ValueError(f"groups must partition the {n} training examples (each index in exactly one non-empty group)")
+    return out
+
+
+def batch_indices(n: int, seed: int, micro: int, batch_size: int, world: int = 1, rank: int = 0,
+                  groups: tuple[tuple[int, ...], ...] | None = None) -> list[int]:
     """Example indices of global micro-batch ``micro`` for process ``rank``.
 
     Micro-batch ``m`` of an epoch is the slice ``[m·B·W, (m+1)·B·W)`` of the permutation, and rank
     ``r`` takes its ``r``-th piece of ``B``: so ``W`` processes with batch ``B`` see exactly the
     examples one process with batch ``W·B`` sees. No state to save beyond the step count.
+    ``groups``: see :func:`epoch_permutation` (a batch then holds a few whole groups).
     """
     epoch, pos = divmod(micro, micro_batches_per_epoch(n, batch_size, world))
     start = (pos * world + rank) * batch_size
-    return epoch_permutation(n, seed, epoch)[start:start + batch_size].tolist()
+    return epoch_permutation(n, seed, epoch, groups)[start:start + batch_size].tolist()
 
 
 # ============================================================================ parameters and outputs
@@ -633,7 +658,7 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
         parts_fn: Callable[[Any], Mapping[str, torch.Tensor]] | None = None,
         callbacks: Iterable[Callable[[int, dict], None]] = (),
         resume: bool | str | Path = True, export_fn: Callable[[nn.Module, Path], None] | None = None,
-        accelerator=None, progress: bool = True) -> TrainResult:
+        accelerator=None, progress: bool = True, groups: Sequence[Sequence[int]] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_data`` for ``total_steps(cfg, len(train_data))`` steps.
 
     * ``train_data[i]`` → an example; ``collate_fn(list_of_examples)`` → a dict of tensors passed
@@ -650,6 +675,8 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
       ``False`` deletes old checkpoints and starts over; a path resumes from that checkpoint.
     * ``export_fn(model, folder)`` writes the model into checkpoints and ``final/`` (default
       :func:`export_model`); checkpoints also get ``trainable.safetensors``, which resume reads.
+    * ``groups``: a partition of the example indices (e.g. by video) whose members are visited back
+      to back (:func:`epoch_permutation`), so a batch holds a few whole groups.
 
     Writes ``out_dir/{loss.csv, val.csv, checkpoint-<step>/, final/}`` (files on the main process;
     ``TrainResult.history``/``val`` are filled there too, empty on the other processes).
@@ -665,12 +692,13 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
     acc = accelerator or make_accelerator(cfg)
     acc.gradient_accumulation_steps, acc.step = cfg.grad_accum, 0
     world, rank, n = acc.num_processes, acc.process_index, len(train_data)
+    groups = check_groups(groups, n) if groups is not None else None
     total = total_steps(cfg, n, world)
     per_epoch = micro_batches_per_epoch(n, cfg.batch_size, world)
 
     with _Threads(cfg.num_threads, cfg.deterministic):
-        groups = param_groups if param_groups is not None else default_param_groups(model, cfg)
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        pgroups = param_groups if param_groups is not None else default_param_groups(model, cfg)
+        optimizer = torch.optim.AdamW(pgroups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, cfg, total)
         model, optimizer = acc.prepare(model, optimizer)
         raw = acc.unwrap_model(model)
@@ -698,7 +726,8 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
         try:
             for step in range(start + 1, total + 1):
                 loss, parts, grad_norm, lrs = _train_step(acc, model, optimizer, scheduler, trainable, train_data,
-                                                     collate_fn, parts_fn, cfg, step, world, rank, send_to_device)
+                                                     collate_fn, parts_fn, cfg, step, world, rank, send_to_device,
+                                                     groups)
                 info = {"step": step, "total": total, "epoch": step * cfg.grad_accum / per_epoch}
                 if step % cfg.log_every == 0 or step == total:
                     row = _log_row(acc, step, info["epoch"], lrs, loss, parts, grad_norm,
@@ -725,13 +754,13 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
 
 
 def _train_step(acc, model, optimizer, scheduler, trainable, data, collate_fn, parts_fn, cfg, step,
-                world, rank, send_to_device):
+                world, rank, send_to_device, groups=None):
     """One optimizer step = ``grad_accum`` micro-batches; returns the step's mean loss and parts
     (local to this process, detached) and the gradient norm before clipping."""
     loss_sum, parts_sum, grad_norm, lrs = 0.0, {}, None, []
     for k in range(cfg.grad_accum):
         micro = (step - 1) * cfg.grad_accum + k
-        idx = batch_indices(len(data), cfg.seed, micro, cfg.batch_size, world, rank)
+        idx = batch_indices(len(data), cfg.seed, micro, cfg.batch_size, world, rank, groups)
         batch = send_to_device(collate_fn([data[i] for i in idx]), acc.device)
         with acc.accumulate(model):
             out = model(**batch)

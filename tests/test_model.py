@@ -130,6 +130,36 @@ def test_shapes_and_cached_tower(data):
     assert not out.score_mask[b["evi_batch"] == 1, 9:].any()  # padded frames of the 9-frame video
 
 
+def test_tower_skips_padded_frames_and_dedupes_videos(data):
+    """encode_tower(frame_mask) gives the valid frames' features of the unmasked call and zeros for
+    padding; a batch holding each video once plus video_index (Collator(dedupe=True)) trains and
+    generates exactly like the batch with one copy per example."""
+    recs, vids, tok = data
+    m = build(tok)
+    b = batch_for(recs[:3], [vids[0], vids[1][:9], vids[2]], m.variant, tok)
+    with torch.no_grad():
+        full, masked = m.encode_tower(b["frames"]), m.encode_tower(b["frames"], b["frame_mask"])
+    fm = b["frame_mask"]
+    assert torch.allclose(full[fm], masked[fm], atol=1e-5) and not masked[~fm].any()
+    # three queries on two videos: video 0 twice (with different targets), video 2 once
+    qs = [recs[0], {**recs[0], "idx": 90, "tgt": [6, 9]}, recs[2]]
+    shown = [vids[0], vids[0], vids[2]]
+    exs = [tokens.encode_example(r, len(v), m.variant, tok) for r, v in zip(qs, shown)]
+    per_example = tokens.collate(exs, tok.pad_token_id, frames=shown)
+    deduped = tokens.collate(exs, tok.pad_token_id, frames=[vids[0], vids[2]], video_index=[0, 0, 1])
+    assert deduped["frames"].shape[0] == 2 and deduped["video_index"].tolist() == [0, 0, 1]
+    with torch.no_grad():
+        a, d = m(**per_example), m(**deduped)
+    assert torch.allclose(a.loss, d.loss, atol=1e-5) and torch.allclose(a.scores, d.scores, atol=1e-5)
+    exs = [tokens.encode_example(r, len(v), m.variant, tok, with_response=False) for r, v in zip(qs, shown)]
+    gen_a = m.generate(**tokens.collate(exs, tok.pad_token_id, "left", frames=shown), max_new_tokens=6)
+    gen_d = m.generate(**tokens.collate(exs, tok.pad_token_id, "left", frames=[vids[0], vids[2]],
+                                        video_index=[0, 0, 1]), max_new_tokens=6)
+    assert [g.ids for g in gen_a] == [g.ids for g in gen_d]
+    with pytest.raises(ValueError, match="unused"):
+        m(**{**deduped, "video_index": torch.tensor([0, 0, 0])})
+
+
 def test_frame_norm_and_pool_query_knobs(data, tmp_path):
     """model.frame_norm=embed puts frame tokens at the text-embedding scale (and survives save/load);
     model.pool_query_std sets the pooling query's init scale (None: width^-0.5, the default)."""

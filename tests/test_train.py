@@ -90,6 +90,28 @@ def test_data_order_shards_and_epochs():
     assert train.batch_indices(n, 7, 3, B * W) != single[0]  # epoch 1 is reshuffled
 
 
+def test_grouped_data_order_keeps_groups_together():
+    """groups (e.g. the queries of each video): every example once per epoch, each group's examples
+    back to back, group order and within-group order reshuffled per epoch; bad partitions fail."""
+    sizes = [1, 4, 2, 3, 5, 1, 4]
+    groups, start = [], 0
+    for k in sizes:
+        groups.append(tuple(range(start, start + k)))
+        start += k
+    groups = train.check_groups(groups, start)
+    order = train.epoch_permutation(start, 3, 0, groups).tolist()
+    assert sorted(order) == list(range(start))
+    owner = {i: g for g, members in enumerate(groups) for i in members}
+    runs = [owner[i] for i in order]
+    assert len([g for j, g in enumerate(runs) if j == 0 or g != runs[j - 1]]) == len(groups)  # contiguous
+    assert order != train.epoch_permutation(start, 3, 1, groups).tolist()
+    assert train.batch_indices(start, 3, 0, 4, groups=groups) == order[:4]
+    with pytest.raises(ValueError, match="partition"):
+        train.check_groups([(0, 1), (1, 2)], 3)
+    with pytest.raises(ValueError, match="partition"):
+        train.check_groups([(0, 1)], 3)
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 
