@@ -240,3 +240,17 @@ def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
     assert t["n_cells"] == 4 and t["cells_total_s"] == pytest.approx(2 * (10 + 11))  # stale_row is not counted
     p = bench.pipeline_times()
     assert p["pipeline_total_s"] == pytest.approx(42) and p["budget_met"] is False  # no notebook times yet
+    # the peers study counts in the total and the 45-minute budget, not in the 30-minute one
+    peer = root / "artifacts" / "peers" / "univtg" / "0"
+    peer.mkdir(parents=True)
+    (peer / "metrics.json").write_text('{"seconds": 1000.0}')
+    (root / "params.yaml").write_text((root / "params.yaml").read_text()
+                                      + "peers:\n  rows: []\n  specialists: [univtg]\n  seeds: [0]\n")
+    nb = root / "artifacts" / "notebooks"
+    nb.mkdir(parents=True)
+    for stem, sec in (("07_ablations", 100.0), ("08_peers", 200.0)):
+        (nb / f"{stem}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": sec}}}))
+    p = bench.pipeline_times()
+    assert p["peers"]["n_cells"] == 1 and p["without_peers_s"] == pytest.approx(142)
+    assert p["pipeline_total_s"] == pytest.approx(1342)
+    assert p["budget_met"] is True and p["budget_with_peers_met"] is True
