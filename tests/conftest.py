@@ -22,3 +22,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """The ``variants`` section of params.yaml (ablation rows + the peers' ``extra`` rows)."""
+    from d2lib import config
+
+    return config.load_section("variants")

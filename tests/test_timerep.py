@@ -21,11 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one
 
 
 @pytest.fixture(scope="module")
-def rows():
-    return config.load_section("variants")
-
-
-@pytest.fixture(scope="module")
 def samples():
     recs, vids = make_samples()
     return recs, vids

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one
 
 
 @pytest.fixture(scope="module")
-def rows():
-    return config.load_section("variants")
-
-
-@pytest.fixture(scope="module")
 def data():
     recs, vids = make_samples()
     tok = tokens.train_word_tokenizer(tokens.record_texts(recs + EXTRA), max_seconds=T_FRAMES)
