@@ -3,8 +3,9 @@
 Reports, from one run on this machine:
 - the wall time of each DVC stage (papermill records it in each executed notebook; the ablation's
   matrix cells record theirs in ``artifacts/ablation/<row>/<seed>/metrics.json``, the aggregate in
-  ``artifacts/metrics/ablation.json``; the peers' likewise) and the totals against the 30-minute budget
-  of DESIGN §8 (without the peers study) and the 45-minute one with it (``--pipeline-only``: just this);
+  ``artifacts/metrics/ablation.json``; the peers' likewise), the last ``make repro``'s wall time
+  (:mod:`d2lib.repro` records it) and the budgets: 30 minutes of DESIGN §8 (without the peers study)
+  and 45 with it (``--pipeline-only``: just this);
 - decode throughput (frames/s) of the benchmark videos with decord;
 - training throughput of the default model (samples/s, tokens/s; median step time);
 - generation latency per query with and without the KV cache (median, and their ratio);
@@ -79,19 +80,40 @@ def ablation_times(root: Path | None = None) -> dict:
 PEER_STAGES = ("08_peers",)  # lessons that belong to the peers study (DESIGN §8 budget excludes them)
 
 
+def repro_run(path: Path | None = None) -> dict | None:
+    """The last ``make repro`` (:mod:`d2lib.repro`, ``artifacts/repro_timing.json``): wall time, cores,
+    how many of the pipeline's stages it ran (``complete``: every one, none failed); None if none is
+    recorded."""
+    path = Path(path or paths.artifacts("repro_timing.json", mkdir=False))
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    return {k: rec.get(k) for k in ("wall_s", "cores", "stages", "ran", "complete", "failed")}
+
+
 def pipeline_times() -> dict:
     """Every stage's measured wall time: the lesson notebooks (papermill) plus the ablation's and the
-    peers' cells and aggregates. Two budgets: DESIGN §8's 30 minutes for ``make repro`` without the
-    peers study (``budget_s``/``budget_met``; issue 7) and 45 minutes with it (``budget_with_peers_s``/
-    ``budget_with_peers_met``; issue 8). ``pipeline_total_s`` is everything."""
+    peers' cells and aggregates, and the last ``make repro`` run (``make_repro``). Two budgets: DESIGN
+    §8's 30 minutes for ``make repro`` without the peers study (``budget_s``/``budget_met``; issue 7)
+    and 45 minutes with it (``budget_with_peers_s``/``budget_with_peers_met``; issue 8).
+
+    ``pipeline_total_s`` and ``without_peers_s`` are sums of stage times — the work, which is the
+    wall time of plain ``dvc repro`` (one stage after another). ``make repro`` runs ready stages side
+    by side, so its wall time is less than the sum (and each side-by-side stage, on one thread, takes
+    longer than alone). The 45-minute verdict uses the wall time of the last complete ``make repro``
+    when there is one (``with_peers_basis`` says which); the 30-minute one always uses the sum, as
+    no run measures the pipeline without the peers study side by side."""
     stages = stage_times()
     abl, peers = cell_times("ablation"), cell_times("peers")
     core = round(sum(v for k, v in stages.items() if k not in PEER_STAGES) + abl["total_s"], 1)
     total = round(sum(stages.values()) + abl["total_s"] + peers["total_s"], 1)
+    run = repro_run()
+    wall, basis = (run["wall_s"], "make repro wall time") if run and run["complete"] else (total, "sum of stage times")
     return {"stages_s": stages, "ablation": abl, "peers": peers, "without_peers_s": core,
-            "pipeline_total_s": total, "budget_s": BUDGET_S, "budget_met": bool(stages) and core <= BUDGET_S,
-            "budget_with_peers_s": BUDGET_WITH_PEERS_S,
-            "budget_with_peers_met": bool(stages) and total <= BUDGET_WITH_PEERS_S}
+            "pipeline_total_s": total, "make_repro": run, "budget_s": BUDGET_S,
+            "budget_met": bool(stages) and core <= BUDGET_S,
+            "budget_with_peers_s": BUDGET_WITH_PEERS_S, "with_peers_s": wall, "with_peers_basis": basis,
+            "budget_with_peers_met": bool(stages) and wall <= BUDGET_WITH_PEERS_S}
 
 
 def decode_throughput(n_videos: int = 16, size: int = 32) -> dict:

@@ -9,6 +9,11 @@ Two kinds of rows, both listed in params ``peers`` (adding a row needs no code):
   by the ablation's machinery (:func:`d2lib.ablation.run_sft_cell`: :func:`d2lib.sft.run` with
   ``peers.sft_steps`` steps, then :func:`d2lib.ablation.evaluate_cell` on the first ``peers.eval_max_videos``
   test videos) — the DVC ``matrix`` stage ``peers``;
+* ``peers.from_ablation`` — LLM rows the ablation (lesson 07) already trains with the same schedule (by
+  default ``full``, the baseline, and ``text_timestamps``): their cells are read from
+  ``artifacts/ablation/<row>/<seed>`` instead of being trained twice, scored on the peers' tasks only. The
+  aggregate checks that the recorded schedule is the peers budget (steps, val queries, test videos, tasks)
+  and stops with the params keys to change when it is not;
 * ``peers.specialists`` — non-LLM rows: ``univtg``, the UniVTG-style grounding specialist
   (:mod:`d2lib.univtg`), trained on the same train tvg records and scored on the same test tvg records with
   the same code (:func:`d2lib.evaluate.evaluate_system`) — the ``matrix`` stage ``peers_univtg``. It answers
@@ -22,12 +27,14 @@ mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test vide
 train seconds, inference seconds per query and the seeds used; a paired comparison of every row with
 ``peers.baseline`` and a statement computed from them.
 
-Seeds: ``peers.seeds`` (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``).
+Seeds: ``peers.seeds`` (a ``from_ablation`` row needs each in ``ablation.seeds``) (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``).
 DVC reads ``peers.rows``/``specialists``/``seeds`` when it parses dvc.yaml, before any profile applies — a
 profile cannot change them (the pipeline smoke test edits them in its copy of params.yaml).
 
 >>> PeersConfig().all_rows()
 ['full', 'text_timestamps', 'univtg']
+>>> PeersConfig(rows=("numpro",), from_ablation=("full",)).all_rows()
+['full', 'numpro', 'univtg']
 >>> label("univtg")
 'UniVTG-style specialist'
 """
@@ -80,7 +87,8 @@ class PeersConfig:
     lesson ``08_peers``).
 
     ``rows``: video-LLM rows (names in ``variants`` / ``variants.extra``), one cell per (row, seed) of stage
-    ``peers``; ``specialists``: non-LLM rows (``univtg``), stage ``peers_univtg``; ``seeds``; ``baseline``: the
+    ``peers``; ``from_ablation``: LLM rows whose cells the ablation trains (read from ``artifacts/ablation``,
+    not trained again); ``specialists``: non-LLM rows (``univtg``), stage ``peers_univtg``; ``seeds``; ``baseline``: the
     row every other row is compared with (``full``). The **peers budget**, the same for every LLM row:
     ``sft_steps`` (replaces ``sft.steps``; every other ``sft`` knob as is), ``val_queries``, ``eval_max_videos``
     (first N test videos by name, 0 = all; the specialist is scored on the same videos), ``eval_tasks``
@@ -91,6 +99,7 @@ class PeersConfig:
     """
 
     rows: tuple[str, ...] = ("full", "text_timestamps")
+    from_ablation: tuple[str, ...] = ()
     specialists: tuple[Literal["univtg"], ...] = SPECIALISTS
     seeds: tuple[int, ...] = (0,)
     baseline: str = "full"
@@ -113,9 +122,15 @@ class PeersConfig:
         check(not set(self.rows) & set(SPECIALISTS), "peers.rows",
               f"{sorted(set(self.rows) & set(SPECIALISTS))} is a specialist: list it in peers.specialists")
         check(len(set(self.specialists)) == len(self.specialists), "peers.specialists", "names must be unique")
-        check(len(self.rows) + len(self.specialists) > 0, "peers.rows", "give one or more rows")
-        check(not self.rows or self.baseline in self.rows, "peers.baseline",
-              f"{self.baseline!r} must be one of peers.rows {list(self.rows)}")
+        check(len(set(self.from_ablation)) == len(self.from_ablation), "peers.from_ablation", "names must be unique")
+        check(not set(self.from_ablation) & set(self.rows), "peers.from_ablation",
+              f"{sorted(set(self.from_ablation) & set(self.rows))} also in peers.rows: list a row in one of them")
+        check(not set(self.from_ablation) & set(SPECIALISTS), "peers.from_ablation",
+              "the ablation trains no specialist: list it in peers.specialists")
+        llm = (*self.from_ablation, *self.rows)
+        check(len(llm) + len(self.specialists) > 0, "peers.rows", "give one or more rows")
+        check(not llm or self.baseline in llm, "peers.baseline",
+              f"{self.baseline!r} must be one of peers.rows / peers.from_ablation {list(llm)}")
         check(len(self.seeds) > 0 and all(s >= 0 for s in self.seeds), "peers.seeds",
               f"give one or more seeds >= 0, got {list(self.seeds)}")
         check(len(set(self.seeds)) == len(self.seeds), "peers.seeds", "seeds must be unique")
@@ -130,10 +145,15 @@ class PeersConfig:
         check(self.num_threads >= 0, "peers.num_threads", f"must be >= 0, got {self.num_threads}")
 
     def all_rows(self) -> list[str]:
-        """Table order: the LLM rows, then the specialists."""
-        return [*self.rows, *self.specialists]
+        """Table order: the rows read from the ablation, the LLM rows trained here, the specialists."""
+        return [*self.from_ablation, *self.rows, *self.specialists]
 
     def cells(self) -> list[tuple[str, int]]:
+        """The cells this study trains (stages ``peers`` and ``peers_univtg``)."""
+        return [(r, s) for r in (*self.rows, *self.specialists) for s in self.seeds]
+
+    def table_cells(self) -> list[tuple[str, int]]:
+        """Every cell of the table: :meth:`cells` and the ``from_ablation`` rows' ablation cells."""
         return [(r, s) for r in self.all_rows() for s in self.seeds]
 
     def ablation_config(self) -> ablation.AblationConfig:
@@ -165,6 +185,37 @@ def root_dir(root: str | Path | None = None) -> Path:
 
 def cell_dir(row: str, seed: int, root: str | Path | None = None) -> Path:
     return root_dir(root) / row / str(int(seed))
+
+
+def source_dir(pcfg: PeersConfig, row: str, seed: int, root: str | Path | None = None,
+               ablation_root: str | Path | None = None) -> Path:
+    """Where a table cell lives: ``artifacts/ablation/<row>/<seed>`` for a ``from_ablation`` row, else
+    :func:`cell_dir`."""
+    if row in pcfg.from_ablation:
+        return ablation.cell_dir(row, seed, ablation_root)
+    return cell_dir(row, seed, root)
+
+
+# The schedule keys a reused ablation cell must share with the peers budget (what the table's numbers
+# depend on): training steps, val queries (the checkpoint the cell keeps), test videos, answer length.
+SHARED_SCHEDULE = ("sft_steps", "val_queries", "eval_max_videos", "max_new_tokens")
+
+
+def check_reused(pcfg: PeersConfig, row: str, seed: int, payload: Mapping, path: Path) -> None:
+    """Stop with the params keys to change when an ablation cell read for ``row`` was not trained and
+    scored with the peers budget."""
+    from .config import ConfigError
+
+    sched = payload.get("schedule") or {}
+    bad = [f"{k}: ablation {sched.get(k)!r} vs peers {getattr(pcfg, k)!r}" for k in SHARED_SCHEDULE
+           if sched.get(k) != getattr(pcfg, k)]
+    missing = [t for t in pcfg.eval_tasks if t not in (sched.get("eval_tasks") or ())]
+    if missing:
+        bad.append(f"eval_tasks: the ablation cell did not score {missing}")
+    if bad:
+        raise ConfigError(f"params key 'peers.from_ablation': {path} (row {row!r}, seed {seed}) was not run "
+                          f"with the peers budget — {'; '.join(bad)}. Give ablation.* and peers.* the same "
+                          f"values, or move {row!r} to peers.rows to train it with the peers budget")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,27 +325,44 @@ def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------
 # aggregate
 # ------------------------------------------------------------------------------------------------
-def load_cells(pcfg: PeersConfig, root: str | Path | None = None) -> dict:
-    """``{(row, seed): metrics.json payload}`` of every configured cell (a missing one is an error that
-    names its command)."""
+def load_cells(pcfg: PeersConfig, root: str | Path | None = None, ablation_root: str | Path | None = None) -> dict:
+    """``{(row, seed): metrics.json payload}`` of every cell of the table (a missing one is an error that
+    names its command); a ``from_ablation`` row's payload is its ablation cell's (checked by
+    :func:`check_reused`), marked ``source: "ablation"``."""
     out = {}
-    for row, seed in pcfg.cells():
-        p = cell_dir(row, seed, root) / "metrics.json"
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing peers cell (python -m d2lib.peers cell --row {row} --seed {seed})")
-        out[(row, seed)] = json.loads(p.read_text())
+    for row, seed in pcfg.table_cells():
+        p = source_dir(pcfg, row, seed, root, ablation_root) / "metrics.json"
+        if row in pcfg.from_ablation:
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: missing ablation cell for peers.from_ablation row {row!r} "
+                                        f"(python -m d2lib.ablation cell --variant {row} --seed {seed}; "
+                                        f"its seeds come from ablation.seeds)")
+            payload = json.loads(p.read_text())
+            check_reused(pcfg, row, seed, payload, p)
+            payload["source"] = "ablation"
+        else:
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: missing peers cell (python -m d2lib.peers cell --row {row} --seed {seed})")
+            payload = json.loads(p.read_text())
+            payload["source"] = "peers"
+        out[(row, seed)] = payload
     return out
 
 
-def load_records(cells: Mapping, root: str | Path | None = None):
-    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``)."""
+def load_records(cells: Mapping, root: str | Path | None = None, pcfg: PeersConfig | None = None,
+                 ablation_root: str | Path | None = None):
+    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``); with ``pcfg``, the cells of its
+    ``from_ablation`` rows are read from the ablation and every cell keeps only ``pcfg.eval_tasks``."""
     import pandas as pd
 
     frames = []
     for row, seed in cells:
-        p = cell_dir(row, seed, root) / "records.csv"
+        d = source_dir(pcfg, row, seed, root, ablation_root) if pcfg is not None else cell_dir(row, seed, root)
+        p = d / "records.csv"
         if p.is_file():
             d = pd.read_csv(p)
+            if pcfg is not None:
+                d = d[d["task"].isin(list(pcfg.eval_tasks))]
             d["row"], d["seed"] = row, int(seed)
             frames.append(d)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -317,6 +385,7 @@ def costs(cells: Mapping, row: str) -> dict:
             "train_s": mean(lambda c: (c.get("seconds_parts") or {}).get("train")),
             "infer_s_per_query": mean(lambda c: inf(c, "s_per_query")),
             "n_queries": mean(lambda c: inf(c, "n_queries")),
+            "source": cs[0].get("source", "peers") if cs else None,
             "seeds": sorted(int(s) for (r, s) in cells if r == row)}
 
 
@@ -337,7 +406,8 @@ def results_table(per_seed, records, cells: Mapping, rows: Sequence[str], level:
                               ("_boot_high", "boot_high")):
                 line[col + suffix] = float(d.loc[m, k]) if m in d.index else math.nan
         c = costs(cells, row)
-        line.update({k: c[k] for k in ("kind", "frame_tokens", "frames_per_video", "train_s", "infer_s_per_query")})
+        line.update({k: c[k] for k in ("kind", "source", "frame_tokens", "frames_per_video", "train_s",
+                                       "infer_s_per_query")})
         line["seeds"] = " ".join(map(str, c["seeds"]))
         line["n_seeds"] = len(c["seeds"])
         out.append(line)
@@ -364,8 +434,14 @@ def display_table(table, digits: int = 1):
         line["train s"] = _num(d["train_s"], 0)
         line["inference ms / query"] = _num(None if d["infer_s_per_query"] is None else 1000 * d["infer_s_per_query"], 1)
         line["seeds"] = f"{d['n_seeds']} ({d['seeds']})"
+        line["cells"] = "ablation's" if d.get("source") == "ablation" else "peers'"
         out[d["label"]] = line
     return pd.DataFrame(out).T
+
+
+def _finite(v) -> bool:
+    """A number that is not None/NaN/inf (a cost a cell did not record is None)."""
+    return v is not None and bool(np.isfinite(float(v)))
 
 
 def _num(v, digits: int) -> str:
@@ -409,11 +485,11 @@ def statement(table, comps, baseline: str) -> str:
             parts.append(f"{names[c.metric]} {100 * c.diff:+.1f}{ci}{boot} ({c.verdict})")
         r = t.loc[row]
         cost = []
-        if r["frame_tokens"] is not None and b["frame_tokens"] is not None and np.isfinite(r["frame_tokens"]):
+        if _finite(r["frame_tokens"]) and _finite(b["frame_tokens"]):
             cost.append(f"{r['frame_tokens']:.1f} vs {b['frame_tokens']:.1f} frame tokens/video")
-        if np.isfinite(r["train_s"]) and np.isfinite(b["train_s"]):
+        if _finite(r["train_s"]) and _finite(b["train_s"]):
             cost.append(f"trains in {r['train_s']:.0f} s vs {b['train_s']:.0f} s")
-        if np.isfinite(r["infer_s_per_query"]) and np.isfinite(b["infer_s_per_query"]):
+        if _finite(r["infer_s_per_query"]) and _finite(b["infer_s_per_query"]):
             cost.append(f"{1000 * r['infer_s_per_query']:.1f} vs {1000 * b['infer_s_per_query']:.1f} ms/query")
         seeds = f"{int(r['n_seeds'])} seed(s)"
         lines.append(f"- {label(row)} vs {label(baseline)}: " + "; ".join(parts) + (f"; {', '.join(cost)}" if cost else "")
@@ -422,16 +498,18 @@ def statement(table, comps, baseline: str) -> str:
 
 
 def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: str | Path | None = None,
-              plots_dir: str | Path | None = None) -> dict:
-    """The ``aggregate`` command: read every cell, write ``peers.json`` and ``peers_table.csv``; returns
+              plots_dir: str | Path | None = None, ablation_root: str | Path | None = None) -> dict:
+    """The ``aggregate`` command: read every cell (the ``from_ablation`` rows' from ``ablation_root``,
+    default ``artifacts/ablation``), write ``peers.json`` and ``peers_table.csv``; returns
     ``{"json", "table", "comparisons", "per_seed", "records"}``."""
     from . import formats
 
     t0 = time.perf_counter()
-    cells = load_cells(pcfg, root)
+    cells = load_cells(pcfg, root, ablation_root)
     per_seed = ablation.cells_frame(cells)
     per_seed["label"] = [label(r) for r in per_seed["row"]]
-    records = load_records(cells, root)
+    records = load_records(cells, root, pcfg, ablation_root)
+    own = {k: c for k, c in cells.items() if c.get("source") != "ablation"}
     rows = pcfg.all_rows()
     table = results_table(per_seed, records, cells, rows, pcfg.ci_level, pcfg.n_boot)
     comps = comparisons(per_seed, records, rows, pcfg.baseline, pcfg.ci_level, pcfg.n_boot)
@@ -441,7 +519,10 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
     text = statement(table, comps, pcfg.baseline)
     obj = {
         "split": "test", "baseline": pcfg.baseline, "seeds": list(pcfg.seeds),
-        "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(cells)}},
+        "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(own)}},
+        "from_ablation": {"rows": list(pcfg.from_ablation),
+                          "note": "cells trained by the ablation with the same schedule (checked), scored here on "
+                                  "peers.eval_tasks only; their inference ms/query averages the ablation's tasks"},
         "interval": {"low/high": f"t-interval over seeds ({100 * pcfg.ci_level:.0f}%; none with one seed)",
                      "boot_low/boot_high": f"bootstrap over test videos ({pcfg.n_boot} resamples)"},
         "rows": {r["row"]: {"label": r["label"], "kind": r["kind"],
@@ -457,7 +538,7 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
                         for c in comps.itertuples()},
         "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
         "statement": text,
-        "timing": ablation.timing(cells),
+        "timing": ablation.timing(own),
     }
     obj["timing"]["aggregate_s"] = round(time.perf_counter() - t0, 2)
     formats.write_json(ablation._clean(obj), metrics_path)
@@ -500,6 +581,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["SPECIALISTS", "LABELS", "TABLE_METRICS", "COMPARE_METRICS", "PeersConfig", "label", "load_config",
-           "root_dir", "cell_dir", "run_llm_cell", "load_test", "specialist_eval_config", "run_univtg_cell",
+           "root_dir", "cell_dir", "source_dir", "SHARED_SCHEDULE", "check_reused", "run_llm_cell", "load_test", "specialist_eval_config", "run_univtg_cell",
            "run_cell", "load_cells", "load_records", "costs", "results_table", "display_table", "comparisons",
            "statement", "aggregate", "main"]

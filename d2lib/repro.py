@@ -11,8 +11,9 @@ ready, runs them as one-thread jobs on as many cores as there are (a stage that 
   and only after every stage upstream of it has run or was found up to date;
 - its command is the ``cmd`` of ``dvc.yaml``, run by the shell in the stage's ``wdir`` after DVC
   removed its outputs (as ``dvc repro`` does);
-- the moment it succeeds it is committed (``dvc commit``: outputs cached, ``dvc.lock`` updated), so a
-  later failure loses no finished stage and ``dvc status`` afterwards reads exactly like after
+- as soon as it succeeds it is committed (``dvc commit``: outputs cached, ``dvc.lock`` updated; after the
+  freed core got its next job, as a commit of our large dvc.lock takes seconds), so a later failure
+  loses no finished stage and ``dvc status`` afterwards reads exactly like after
   ``dvc repro``. A failed stage stops new starts, lets running ones finish (and commits them), and
   exits non-zero naming the stage and its log.
 
@@ -91,51 +92,59 @@ def _open_repo(root: Path):
     return Repo(str(root))
 
 
-def pipeline(root: Path, targets: list[str] | None = None) -> tuple[dict[str, set[str]], list[str]]:
+class _Dvc:
+    """One DVC repo for the whole run. Building DVC's index (parsing dvc.yaml and the large dvc.lock)
+    costs ~2 s on the 2-core machine and a commit ~4 s, so the stage objects are read once: asking a
+    stage whether it changed or removing its outputs then takes milliseconds. A commit rewrites only
+    that stage's entry in dvc.lock, which no other stage's ``changed`` reads, so the objects stay valid."""
+
+    def __init__(self, root: Path):
+        self.repo = _open_repo(root)
+        self.stages = {s.addressing: s for s in self.repo.index.stages}
+        self.graph = self.repo.index.graph
+
+    def changed(self, name: str) -> bool:
+        with self.repo.lock:
+            return self.stages[name].changed()
+
+    def prepare(self, name: str) -> tuple[str, str]:
+        """Remove the stage's outputs (as ``dvc repro`` does); return its command and wdir."""
+        stage = self.stages[name]
+        with self.repo.lock:
+            stage.remove_outs(ignore_remove=False, force=False)
+        cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+        return cmd, stage.wdir
+
+    def commit(self, name: str) -> None:
+        self.repo.commit(name, force=True)
+
+    def close(self) -> None:
+        self.repo.close()
+
+
+def pipeline(dvc: _Dvc, targets: list[str] | None = None) -> tuple[dict[str, set[str]], list[str]]:
     """``{stage: its direct upstream stages}`` for the stages with a command (data sources such as
     ``data.dvc`` are verified by DVC, not run), restricted to ``targets`` and their upstream; and
     the stages in ``dvc.yaml`` order."""
     import networkx as nx
-    repo = _open_repo(root)
-    try:
-        graph = repo.index.graph  # edges: stage -> the stages it depends on
-        nodes = {s.addressing: s for s in graph.nodes}
-        keep = set(nodes)
-        if targets:
-            unknown = [t for t in targets if t not in nodes]
-            if unknown:
-                raise SystemExit(f"d2lib.repro: unknown stage(s) {unknown}; dvc.yaml has {sorted(nodes)}")
-            keep = set(targets)
-            for t in targets:
-                keep |= {d.addressing for d in nx.descendants(graph, nodes[t])}
-        upstream = {a: {d.addressing for d in graph.successors(s) if d.cmd and d.addressing in keep}
-                    for a, s in nodes.items() if s.cmd and a in keep}
-        order = [s.addressing for s in repo.index.stages if s.addressing in upstream]
-    finally:
-        repo.close()
+    graph = dvc.graph  # edges: stage -> the stages it depends on
+    nodes = {s.addressing: s for s in graph.nodes}
+    keep = set(nodes)
+    if targets:
+        unknown = [t for t in targets if t not in nodes]
+        if unknown:
+            raise SystemExit(f"d2lib.repro: unknown stage(s) {unknown}; dvc.yaml has {sorted(nodes)}")
+        keep = set(targets)
+        for t in targets:
+            keep |= {d.addressing for d in nx.descendants(graph, nodes[t])}
+    upstream = {a: {d.addressing for d in graph.successors(s) if d.cmd and d.addressing in keep}
+                for a, s in nodes.items() if s.cmd and a in keep}
+    order = [a for a in dvc.stages if a in upstream]
     return upstream, order
 
 
-def _changed(root: Path, name: str) -> bool:
-    repo = _open_repo(root)
-    try:
-        with repo.lock:
-            (stage,) = [s for s in repo.index.stages if s.addressing == name]
-            return stage.changed()
-    finally:
-        repo.close()
-
-
-def _start(root: Path, name: str, threads: int, log_dir: Path) -> Job:
-    repo = _open_repo(root)
-    try:
-        with repo.lock:
-            (stage,) = [s for s in repo.index.stages if s.addressing == name]
-            stage.remove_outs(ignore_remove=False, force=False)
-            cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
-            wdir = stage.wdir
-    finally:
-        repo.close()
+def _start(dvc: _Dvc, name: str, threads: int, log_dir: Path, root: Path) -> Job:
+    cmd, wdir = dvc.prepare(name)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                DVC_ROOT=str(root), DVC_STAGE=name)
     log = log_dir / (name.replace("@", "_").replace("/", "_") + ".log")
@@ -144,14 +153,6 @@ def _start(root: Path, name: str, threads: int, log_dir: Path) -> Job:
                             stdout=fh, stderr=subprocess.STDOUT, close_fds=True)
     fh.close()
     return Job(name, threads, proc, log, time.perf_counter())
-
-
-def _commit(root: Path, name: str) -> None:
-    repo = _open_repo(root)
-    try:
-        repo.commit(name, force=True)
-    finally:
-        repo.close()
 
 
 def _tail(path: Path, n: int = 25) -> str:
@@ -173,26 +174,26 @@ class _State:
         self.records: dict[str, dict] = {}
 
 
-def _reap(root: Path, st: _State, t0: float, log) -> None:
-    """Commit every finished job (or record its failure)."""
+def _reap(st: _State, t0: float, log) -> list[Job]:
+    """The jobs that ended since the last look (taken off ``running``); failures are recorded here,
+    successes are committed by the caller after it has started the next jobs."""
+    ended = []
     for name, job in list(st.running.items()):
         rc = job.proc.poll()
         if rc is None:
             continue
         del st.running[name]
         end = time.perf_counter() - t0
-        rec = {"start_s": round(job.start - t0, 1), "end_s": round(end, 1), "threads": job.threads, "rc": rc}
-        if rc == 0:
-            _commit(root, name)
-            st.done.add(name)
-            log(f"[{end:7.1f}s] done    {name} ({end - rec['start_s']:.1f} s, {job.threads} thread(s))")
-        else:
+        job.record = {"start_s": round(job.start - t0, 1), "end_s": round(end, 1), "threads": job.threads, "rc": rc}
+        st.records[name] = job.record
+        if rc != 0:
             st.failed.append(name)
             log(f"[{end:7.1f}s] FAILED  {name} (exit {rc}); log {job.log}:\n{_tail(job.log)}")
-        st.records[name] = rec
+        ended.append(job)
+    return ended
 
 
-def _ready(root: Path, st: _State, upstream: dict[str, set[str]], rank: dict) -> list[str]:
+def _ready(dvc: _Dvc, st: _State, upstream: dict[str, set[str]], rank: dict) -> list[str]:
     """Pending stages whose upstream is done and that DVC says changed, best first; the unchanged
     ones are marked done on the way (which can make more stages ready)."""
     ready: list[str] = []
@@ -202,7 +203,7 @@ def _ready(root: Path, st: _State, upstream: dict[str, set[str]], rank: dict) ->
         for name in sorted((s for s in st.pending if upstream[s] <= st.done), key=rank.__getitem__):
             if name in ready:
                 continue
-            if name in st.stale or _changed(root, name):
+            if name in st.stale or dvc.changed(name):
                 st.stale.add(name)
                 ready.append(name)
             else:
@@ -221,36 +222,48 @@ def run(root: Path | None = None, targets: list[str] | None = None, cores: int |
     from .prepare import write_json_atomic
     root = Path(root or os.getcwd()).resolve()
     cores = max(1, cores or len(os.sched_getaffinity(0)))
-    upstream, order = pipeline(root, targets)
-    priority = downstream_counts(upstream)
-    rank = {s: (-priority[s], i) for i, s in enumerate(order)}
-    log_dir = root / "artifacts" / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    timing = Path(timing or root / "artifacts" / "repro_timing.json")
-
-    t0 = time.perf_counter()
-    st = _State(upstream)
+    dvc = _Dvc(root)
     try:
-        while True:
-            _reap(root, st, t0, log)
-            if not st.failed:
-                ready = _ready(root, st, upstream, rank)
-                used = sum(j.threads for j in st.running.values())
-                for i, name in enumerate(ready):
-                    n = threads_for(len(ready) - i, used, cores)
-                    if n == 0:
-                        break
-                    st.running[name] = _start(root, name, n, log_dir)
-                    st.pending.discard(name)
-                    used += n
-                    log(f"[{time.perf_counter() - t0:7.1f}s] start   {name} ({n} thread(s))")
-            if not st.running:
-                break
-            time.sleep(poll_s)
-    except BaseException:
-        for job in st.running.values():
-            job.proc.terminate()
-        raise
+        upstream, order = pipeline(dvc, targets)
+        priority = downstream_counts(upstream)
+        rank = {s: (-priority[s], i) for i, s in enumerate(order)}
+        log_dir = root / "artifacts" / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        timing = Path(timing or root / "artifacts" / "repro_timing.json")
+
+        t0 = time.perf_counter()
+        st = _State(upstream)
+        try:
+            while True:
+                ended = _reap(st, t0, log)
+                if not st.failed:  # fill the free cores first: committing takes seconds
+                    ready = _ready(dvc, st, upstream, rank)
+                    used = sum(j.threads for j in st.running.values())
+                    for i, name in enumerate(ready):
+                        n = threads_for(len(ready) - i, used, cores)
+                        if n == 0:
+                            break
+                        st.running[name] = _start(dvc, name, n, log_dir, root)
+                        st.pending.discard(name)
+                        used += n
+                        log(f"[{time.perf_counter() - t0:7.1f}s] start   {name} ({n} thread(s))")
+                for job in ended:
+                    if job.record["rc"] == 0:
+                        dvc.commit(job.stage)
+                        st.done.add(job.stage)
+                        log(f"[{job.record['end_s']:7.1f}s] done    {job.stage} "
+                            f"({job.record['end_s'] - job.record['start_s']:.1f} s, {job.threads} thread(s))")
+                if ended:
+                    continue  # stages downstream of the committed ones may be ready now
+                if not st.running:
+                    break
+                time.sleep(poll_s)
+        except BaseException:
+            for job in st.running.values():
+                job.proc.terminate()
+            raise
+    finally:
+        dvc.close()
     wall = time.perf_counter() - t0
     ran = [s for s, r in st.records.items() if not r.get("skipped")]
     report = {"wall_s": round(wall, 1), "cores": cores, "targets": targets or "all",

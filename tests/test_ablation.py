@@ -254,3 +254,15 @@ def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
     assert p["peers"]["n_cells"] == 1 and p["without_peers_s"] == pytest.approx(142)
     assert p["pipeline_total_s"] == pytest.approx(1342)
     assert p["budget_met"] is True and p["budget_with_peers_met"] is True
+    assert p["make_repro"] is None and p["with_peers_basis"] == "sum of stage times"
+    # a complete make repro's wall time decides the 45-minute budget; a partial or failed one does not
+    timing = root / "artifacts" / "repro_timing.json"
+    timing.write_text(json.dumps({"wall_s": 3000.0, "cores": 2, "stages": 5, "ran": 5, "complete": True,
+                                  "failed": []}))
+    p = bench.pipeline_times()
+    assert p["with_peers_s"] == 3000.0 and p["budget_with_peers_met"] is False
+    assert p["make_repro"]["ran"] == 5 and p["budget_met"] is True  # the 30-minute one stays on the sum
+    timing.write_text(json.dumps({"wall_s": 60.0, "cores": 2, "stages": 5, "ran": 2, "complete": False,
+                                  "failed": []}))
+    p = bench.pipeline_times()
+    assert p["with_peers_s"] == pytest.approx(1342) and p["with_peers_basis"] == "sum of stage times"

@@ -39,8 +39,9 @@ def _run(cmd, cwd, env):
 SMOKE_ABLATION = {"variants": ["full"], "preference": ["fpo"], "seeds": [0]}
 
 
-# The peers matrices (lesson 08) likewise: one LLM row, the specialist, one seed.
-SMOKE_PEERS = {"rows": ["full"], "specialists": ["univtg"], "seeds": [0]}
+# The peers matrices (lesson 08) likewise: one LLM row trained here, `full` read from the ablation's cell,
+# the specialist, one seed.
+SMOKE_PEERS = {"rows": ["stc"], "from_ablation": ["full"], "specialists": ["univtg"], "seeds": [0]}
 
 
 def _smoke_ablation_matrix(params: Path, section: str = "ablation", smoke: dict | None = None) -> None:
@@ -96,7 +97,8 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     assert (repo / "artifacts" / "notebooks" / "07_ablations.ipynb").is_file()
 
     peers = json.loads((repo / "artifacts" / "metrics" / "peers.json").read_text())
-    assert set(peers["rows"]) == {"full", "univtg"} and peers["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
+    assert set(peers["rows"]) == {"full", "stc", "univtg"} and peers["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
+    assert peers["rows"]["full"]["cost"]["source"] == "ablation" and not (repo / "artifacts" / "peers" / "full").exists()
     assert (repo / "artifacts" / "plots" / "peers_table.csv").is_file()
     assert (repo / "artifacts" / "notebooks" / "08_peers.ipynb").is_file()
 

@@ -138,9 +138,19 @@ def test_config_validation_names_the_key():
         peers.PeersConfig(seeds=())
     with pytest.raises(ConfigError, match=r"peers\.univtg\.frame_input"):
         config.from_dict(peers.PeersConfig, {"univtg": {"frame_input": "clip"}}, "peers")
+    with pytest.raises(ConfigError, match=r"peers\.from_ablation"):
+        peers.PeersConfig(rows=("full", "numpro"), from_ablation=("full",))
+    with pytest.raises(ConfigError, match=r"peers\.from_ablation"):
+        peers.PeersConfig(from_ablation=("univtg",))
+    assert peers.PeersConfig(rows=("numpro",), from_ablation=("full",)).baseline == "full"  # baseline may be reused
     repo = config.load_section("peers")
-    assert repo.baseline in repo.rows and "univtg" in repo.specialists and len(repo.seeds) >= 1
-    assert set(repo.rows) <= set(config.load_section("variants").names())
+    assert repo.baseline in repo.all_rows() and "univtg" in repo.specialists and len(repo.seeds) >= 1
+    assert set(repo.rows) | set(repo.from_ablation) <= set(config.load_section("variants").names())
+    abl = config.load_section("ablation")  # the reused rows are ablation rows trained with the peers budget
+    assert set(repo.from_ablation) <= set(abl.variants) and set(repo.seeds) <= set(abl.seeds)
+    assert all(getattr(repo, k) == abl.schedule()[k] for k in peers.SHARED_SCHEDULE)
+    assert set(repo.eval_tasks) <= set(abl.eval_tasks)
+    assert not set(repo.cells()) & {(r, s) for r in repo.from_ablation for s in repo.seeds}  # never trained twice
     smoke = config.load_section("peers", profile="smoke")
     assert smoke.univtg.steps < repo.univtg.steps and smoke.eval_max_videos <= 3
     a = repo.ablation_config()
@@ -199,6 +209,33 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing peers cell"):
         peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), root=root, metrics_path=tmp_path / "x.json",
                         plots_dir=tmp_path / "q")
+
+
+def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_path):
+    records, _ = fake_records()
+    abl_root, root = tmp_path / "ablation", tmp_path / "peers"
+    reused = fake_cells(abl_root, {"full": 0.7}, seeds=(0,), records=records)
+    own = fake_cells(root, {"text_timestamps": 0.3}, seeds=(0,), records=records, seed=1)
+    sched = ablation.AblationConfig().schedule()
+    pcfg = peers.PeersConfig(rows=("text_timestamps",), from_ablation=("full",), specialists=(), seeds=(0,),
+                             n_boot=100, **{k: sched[k] for k in peers.SHARED_SCHEDULE})
+    assert pcfg.cells() == [("text_timestamps", 0)] and pcfg.table_cells()[0] == ("full", 0)
+    out = peers.aggregate(pcfg, root=root, ablation_root=abl_root, metrics_path=tmp_path / "m.json",
+                          plots_dir=tmp_path / "p")
+    table = out["table"].set_index("row")
+    assert list(table.index) == ["full", "text_timestamps"]
+    assert table.loc["full", "source"] == "ablation" and table.loc["text_timestamps", "source"] == "peers"
+    assert table.loc["full", "R@1@0.5"] == pytest.approx(reused[("full", 0)]["values"]["charades.R1@0.5"])
+    assert set(out["records"]["task"]) == set(pcfg.eval_tasks)  # the ablation's other tasks are dropped
+    assert peers.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
+    j = json.loads((tmp_path / "m.json").read_text())
+    assert j["from_ablation"]["rows"] == ["full"] and set(j["timing"]["per_cell_s"]) == {"text_timestamps/0"}
+    assert "text_timestamps/charades.R1@0.5" in j["comparisons"] and own
+    kw = dict(root=root, ablation_root=abl_root, metrics_path=tmp_path / "x.json", plots_dir=tmp_path / "q")
+    with pytest.raises(ConfigError, match=r"peers\.from_ablation.*sft_steps"):
+        peers.aggregate(dataclasses.replace(pcfg, sft_steps=sched["sft_steps"] + 1), **kw)
+    with pytest.raises(FileNotFoundError, match="missing ablation cell"):
+        peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), **kw)
 
 
 # ------------------------------------------------------------------------------ one real (tiny) specialist cell
