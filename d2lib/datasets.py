@@ -932,7 +932,8 @@ class PrepareConfig:
     start, so no training video is a benchmark video; ``decode_fps``/``decode_size``: frames per second and square
     side in pixels read back with decord (frame t = second t at 1 fps); ``frame_tolerance``: allowed
     difference between decoded frames and ``floor(duration * fps)``; ``cache_compress``: zip-deflate
-    the cache (smaller, but no memory mapping).
+    the cache (smaller, but no memory mapping); ``workers``: processes rendering the training split
+    (0: one per core this process may use; the videos are the same bytes for any number).
     """
 
     train_videos: int = 600
@@ -941,6 +942,11 @@ class PrepareConfig:
     decode_size: int = 32
     frame_tolerance: int = 1
     cache_compress: bool = False
+    workers: int = 0
+
+    def resolved_workers(self) -> int:
+        """``workers``, with 0 = the cores this process may run on."""
+        return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def __post_init__(self):
         config.check(1 <= self.train_videos <= 1_000_000, "prepare.train_videos",
@@ -955,6 +961,7 @@ class PrepareConfig:
                      f"must be in [8, 1024] pixels, got {self.decode_size}")
         config.check(0 <= self.frame_tolerance <= 10, "prepare.frame_tolerance",
                      f"must be in [0, 10], got {self.frame_tolerance}")
+        config.check(0 <= self.workers <= 256, "prepare.workers", f"must be in [0, 256] (0: one per core), got {self.workers}")
 
 
 # --------------------------------------------------------------------------------------------

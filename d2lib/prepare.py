@@ -34,7 +34,8 @@ def render_train_split(world: "synth.WorldConfig", prep: "datasets.PrepareConfig
     out = datasets.shapes_split_dir("train")
     if out.exists():
         shutil.rmtree(out)
-    synth.render_split(out, prep.train_videos, prep.train_seed, world, "train", progress=progress)
+    synth.render_split(out, prep.train_videos, prep.train_seed, world, "train", progress=progress,
+                       workers=prep.resolved_workers())
     return out
 
 

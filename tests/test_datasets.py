@@ -344,7 +344,9 @@ def test_prepare_config():
     with pytest.raises(ConfigError, match=r"prepare\.train_seed"):  # the last training seeds would collide
         config.from_dict(datasets.PrepareConfig, {"train_seed": 999_500}, "prepare")
     assert config.from_dict(datasets.PrepareConfig, {"train_seed": 999_400}, "prepare").train_seed == 999_400
-    for key, val in [("train_videos", 0), ("decode_fps", 0.0), ("decode_size", 4), ("train_seed", -1)]:
+    assert cfg.workers == 0 and cfg.resolved_workers() >= 1
+    assert config.from_dict(datasets.PrepareConfig, {"workers": 3}, "prepare").resolved_workers() == 3
+    for key, val in [("train_videos", 0), ("decode_fps", 0.0), ("decode_size", 4), ("train_seed", -1), ("workers", -1)]:
         with pytest.raises(ConfigError, match=rf"prepare\.{key}"):
             config.from_dict(datasets.PrepareConfig, {key: val}, "prepare")
     assert config.section_class("prepare") is datasets.PrepareConfig
