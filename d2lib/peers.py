@@ -27,7 +27,8 @@ mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test vide
 train seconds, inference seconds per query and the seeds used; a paired comparison of every row with
 ``peers.baseline`` and a statement computed from them.
 
-Seeds: ``peers.seeds`` (a ``from_ablation`` row needs each in ``ablation.seeds``) (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``).
+Seeds: ``peers.seeds`` (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``;
+a ``from_ablation`` row needs each of them in ``ablation.seeds``).
 DVC reads ``peers.rows``/``specialists``/``seeds`` when it parses dvc.yaml, before any profile applies — a
 profile cannot change them (the pipeline smoke test edits them in its copy of params.yaml).
 
@@ -331,20 +332,17 @@ def load_cells(pcfg: PeersConfig, root: str | Path | None = None, ablation_root:
     :func:`check_reused`), marked ``source: "ablation"``."""
     out = {}
     for row, seed in pcfg.table_cells():
+        reused = row in pcfg.from_ablation
         p = source_dir(pcfg, row, seed, root, ablation_root) / "metrics.json"
-        if row in pcfg.from_ablation:
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing ablation cell for peers.from_ablation row {row!r} "
-                                        f"(python -m d2lib.ablation cell --variant {row} --seed {seed}; "
-                                        f"its seeds come from ablation.seeds)")
-            payload = json.loads(p.read_text())
+        if not p.is_file():
+            how = (f"ablation cell for peers.from_ablation row {row!r} (python -m d2lib.ablation cell --variant "
+                   f"{row} --seed {seed}; its seeds come from ablation.seeds)" if reused else
+                   f"peers cell (python -m d2lib.peers cell --row {row} --seed {seed})")
+            raise FileNotFoundError(f"{p}: missing {how}")
+        payload = json.loads(p.read_text())
+        if reused:
             check_reused(pcfg, row, seed, payload, p)
-            payload["source"] = "ablation"
-        else:
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing peers cell (python -m d2lib.peers cell --row {row} --seed {seed})")
-            payload = json.loads(p.read_text())
-            payload["source"] = "peers"
+        payload["source"] = "ablation" if reused else "peers"
         out[(row, seed)] = payload
     return out
 
@@ -357,8 +355,8 @@ def load_records(cells: Mapping, root: str | Path | None = None, pcfg: PeersConf
 
     frames = []
     for row, seed in cells:
-        d = source_dir(pcfg, row, seed, root, ablation_root) if pcfg is not None else cell_dir(row, seed, root)
-        p = d / "records.csv"
+        folder = source_dir(pcfg, row, seed, root, ablation_root) if pcfg is not None else cell_dir(row, seed, root)
+        p = folder / "records.csv"
         if p.is_file():
             d = pd.read_csv(p)
             if pcfg is not None:
@@ -445,7 +443,7 @@ def _finite(v) -> bool:
 
 
 def _num(v, digits: int) -> str:
-    return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+    return f"{v:.{digits}f}" if _finite(v) else "—"
 
 
 def comparisons(per_seed, records, rows: Sequence[str], baseline: str, level: float = 0.95, n_boot: int = 1000):
@@ -581,6 +579,7 @@ if __name__ == "__main__":
 
 
 __all__ = ["SPECIALISTS", "LABELS", "TABLE_METRICS", "COMPARE_METRICS", "PeersConfig", "label", "load_config",
-           "root_dir", "cell_dir", "source_dir", "SHARED_SCHEDULE", "check_reused", "run_llm_cell", "load_test", "specialist_eval_config", "run_univtg_cell",
+           "root_dir", "cell_dir", "source_dir", "SHARED_SCHEDULE", "check_reused", "run_llm_cell", "load_test",
+           "specialist_eval_config", "run_univtg_cell",
            "run_cell", "load_cells", "load_records", "costs", "results_table", "display_table", "comparisons",
            "statement", "aggregate", "main"]

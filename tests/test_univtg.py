@@ -230,7 +230,8 @@ def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_pat
     assert peers.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
     j = json.loads((tmp_path / "m.json").read_text())
     assert j["from_ablation"]["rows"] == ["full"] and set(j["timing"]["per_cell_s"]) == {"text_timestamps/0"}
-    assert "text_timestamps/charades.R1@0.5" in j["comparisons"] and own
+    assert table.loc["text_timestamps", "R@1@0.5"] == pytest.approx(own[("text_timestamps", 0)]["values"]["charades.R1@0.5"])
+    assert "text_timestamps/charades.R1@0.5" in j["comparisons"]
     kw = dict(root=root, ablation_root=abl_root, metrics_path=tmp_path / "x.json", plots_dir=tmp_path / "q")
     with pytest.raises(ConfigError, match=r"peers\.from_ablation.*sft_steps"):
         peers.aggregate(dataclasses.replace(pcfg, sft_steps=sched["sft_steps"] + 1), **kw)
