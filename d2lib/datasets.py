@@ -945,7 +945,12 @@ class PrepareConfig:
     workers: int = 0
 
     def resolved_workers(self) -> int:
-        """``workers``, with 0 = the cores this process may run on."""
+        """``workers``, with 0 = the stage's declared cores (``OMP_NUM_THREADS``, which ``d2lib.numenv``
+        sets from the stage's command), else the cores this process may run on. Any number renders
+        the same bytes; this only keeps the stage within the cores the runner reserved for it."""
+        declared = os.environ.get("OMP_NUM_THREADS", "")
+        if declared.isdigit() and int(declared) > 0:
+            return self.workers or int(declared)
         return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def __post_init__(self):
@@ -969,6 +974,7 @@ class PrepareConfig:
 # --------------------------------------------------------------------------------------------
 
 CACHE_META = "__cache_meta__.json"
+CACHE_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's zip timestamp (numpy's .npy entries get this one too)
 
 
 def expected_frames(duration: float, fps: float) -> int:
@@ -1046,7 +1052,10 @@ def build_frame_cache(items: Sequence[Mapping | str], video_root: str | os.PathL
                 _write_npy(zf, v, frames)
                 shapes[v] = list(frames.shape)
             meta = {"fps": fps, "size": size, "n_videos": len(shapes), "shapes": shapes}
-            zf.writestr(CACHE_META, json.dumps(meta))
+            # a ZipInfo of its own: ``writestr(name, ...)`` would stamp the entry with the wall clock, and
+            # the same frames would give another file (and another DVC hash) on every run
+            zf.writestr(zipfile.ZipInfo(CACHE_META, date_time=CACHE_DATE), json.dumps(meta, sort_keys=True),
+                        compress_type=method)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -1127,7 +1136,7 @@ class FrameCache(Mapping):
         self.close()
 
     def __repr__(self) -> str:
-        return f"FrameCache({str(self.path)!r}, {len(self)} videos, fps={self.meta.get('fps')}, size={self.meta.get('size')})"
+        return f"FrameCache({self.path.name!r}, {len(self)} videos, fps={self.meta.get('fps')}, size={self.meta.get('size')})"
 
 
 def load_frame_cache(path: str | os.PathLike, mmap: bool = True, fps: float | None = None,

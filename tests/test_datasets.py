@@ -477,3 +477,22 @@ def test_shapes_render_load_cache_and_exports(tmp_path):
                                    video_template="videos/{vid}.mp4")
     dvcs = [r for r in records if r["task"] == "dvc"]
     assert [(r["video"], r["tgt"], r["g"]) for r in yc] == [(r["video"], r["tgt"], r["g"]) for r in dvcs]
+
+
+def test_frame_cache_built_twice_is_byte_identical(clips, tmp_path, monkeypatch):
+    """No wall clock in the file: the same frames give the same bytes (and the same DVC hash), whatever the
+    time of the build — including the metadata entry, the one a plain ``writestr`` would stamp."""
+    import time
+    import zipfile
+    recs = [tvg(0, video="videos/a.mp4", duration=4, tgt=[1, 2]), tvg(1, video="videos/b.mp4", duration=3, tgt=[0, 1])]
+    for compress in (False, True):
+        first = datasets.build_frame_cache(recs, clips, tmp_path / f"one_{compress}.npz", compress=compress, progress=False)
+        later = time.time() + 3 * 3600  # a build three hours later
+        monkeypatch.setattr(time, "time", lambda: later)
+        monkeypatch.setattr(time, "localtime", lambda t=None: time.gmtime(later))
+        second = datasets.build_frame_cache(recs, clips, tmp_path / f"two_{compress}.npz", compress=compress, progress=False)
+        monkeypatch.undo()
+        assert first.read_bytes() == second.read_bytes()
+        with zipfile.ZipFile(first) as zf:
+            assert {i.date_time for i in zf.infolist()} == {datasets.CACHE_DATE}
+            assert datasets.CACHE_META in zf.namelist()
