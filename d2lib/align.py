@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, datasets, infer, paths, spans, train, videotext
+from . import data, datasets, infer, paths, spans, timing, train, videotext
 from .model import D2VLM, ModelConfig
 from .train import AlignConfig, StageResult
 
@@ -31,7 +31,8 @@ from .train import AlignConfig, StageResult
 @dataclass
 class AlignResult(StageResult):
     """What :func:`run` returns: the trained model (eval mode), its tokenizer, the fit result, the
-    output folder, the final validation metrics and wall times in seconds."""
+    output folder, the final validation metrics (no timings: they go to :mod:`d2lib.timing`) and wall
+    times in seconds."""
 
 
 def out_dir_default() -> Path:
@@ -57,6 +58,12 @@ def align_examples(records, frames, tokenizer, tasks) -> list[dict]:
     """Encoded examples of the grounding-free tasks (:func:`d2lib.data.align_record` prompts)."""
     recs = [data.align_record(r) for r in data.select_tasks(records, tasks)]
     return data.make_examples(recs, frames, data.ALIGN_VARIANT, tokenizer)
+
+
+def training_examples(records, frames, tokenizer, cfg: AlignConfig) -> list[dict]:
+    """:func:`align_examples`, packed one sequence per video when ``cfg.pack`` (exact, frames once)."""
+    examples = align_examples(records, frames, tokenizer, cfg.tasks)
+    return data.pack_by_video(examples) if cfg.pack else examples
 
 
 def video_captions(records) -> dict[str, list[tuple[str, list[float]]]]:
@@ -129,15 +136,15 @@ def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = N
     frames = data.load_frames("train", {r["video"] for r in data.select_tasks(train_recs, cfg.tasks)})
     val_recs = data.load_records("val")
     val_frames = data.load_frames("val")
-    examples = align_examples(train_recs, frames, tok, cfg.tasks)
+    examples = training_examples(train_recs, frames, tok, cfg)
     model = build_model(model_cfg, tok, cfg.seed)
     secs["setup"] = time.perf_counter() - t0
 
-    collate = AlignCollator(frames, tok, video_captions(train_recs), dedupe=cfg.group_videos)
+    collate = AlignCollator(frames, tok, video_captions(train_recs), dedupe=cfg.group_videos and not cfg.pack)
     objective = videotext.AlignObjective(model, cfg.contrastive_weight, cfg.contrastive_pairs)
     res = train.fit(objective, examples, cfg, out_dir, collate, eval_fn=make_eval_fn(val_recs, val_frames, tok, cfg),
                     resume=resume, progress=progress, export_fn=lambda obj, folder: train.export_model(obj.model, folder),
-                    groups=data.video_groups(examples) if cfg.group_videos else None)
+                    groups=data.video_groups(examples) if cfg.group_videos and not cfg.pack else None)
     secs["train"] = res.seconds
     model.eval()
 
@@ -147,8 +154,9 @@ def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = N
         data.save_features(data.tower_features(model, vids), data.features_path(split, out_dir))
     secs["features"] = time.perf_counter() - t0
     metrics = {"steps": res.steps, "examples": len(examples), "train_loss": res.last.get("loss"),
-               **(res.val[-1] if res.val else {}), "seconds": {k: round(v, 2) for k, v in secs.items()}}
+               **(res.val[-1] if res.val else {})}
     metrics.pop("step", None)
+    timing.log("align", **{f"{k}_s": v for k, v in secs.items()}, steps_per_s=res.steps_per_s)
     return AlignResult(model, tok, res, out_dir, metrics, secs)
 
 

@@ -198,6 +198,36 @@ def make_examples(records: Sequence[Mapping], videos: Mapping[str, torch.Tensor]
     return out
 
 
+def pack_by_video(examples: Sequence[dict]) -> list[dict]:
+    """Packed training examples: the examples of each video (first-seen order, their order kept)
+    in one sequence (:func:`d2lib.tokens.pack_examples`), each with its ``video``. Raises
+    :class:`d2lib.tokens.NotPackable` if a video's examples do not share their prompt prefix.
+
+    >>> [len(g) for g in video_groups([{"video": "a"}, {"video": "b"}, {"video": "a"}])]
+    [2, 1]
+    """
+    out = []
+    for group in video_groups(examples):
+        packed = tokens.pack_examples([examples[i] for i in group])
+        packed["video"] = examples[group[0]]["video"]
+        out.append(packed)
+    return out
+
+
+def training_examples(records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], variant, tokenizer,
+                      pack: bool = False, keep: Mapping[str, torch.Tensor] | None = None) -> tuple[list[dict], str]:
+    """The training examples of a stage and how they are laid out: ``(examples, "packed")`` — one
+    sequence per video holding all its queries (``pack``), or ``(examples, "per-query")``. A variant
+    whose layout cannot be packed trains per query; the reason is then the second item."""
+    examples = make_examples(records, videos, variant, tokenizer, keep=keep)
+    if not pack:
+        return examples, "per-query"
+    try:
+        return pack_by_video(examples), "packed"
+    except tokens.NotPackable as err:
+        return examples, f"per-query (cannot pack: {err})"
+
+
 class Collator:
     """Batch function for :func:`d2lib.train.fit` and generation: :func:`d2lib.tokens.collate`
     with each example's video tensor looked up in ``videos``.

@@ -240,27 +240,37 @@ class TemporalMix(nn.Module):
         return x + self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
-def attention_mask_4d(valid: torch.Tensor, is_frame: torch.Tensor, n_query: int, dtype) -> torch.Tensor:
+def attention_mask_4d(valid: torch.Tensor, is_frame: torch.Tensor, n_query: int, dtype,
+                      segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Additive mask (B, 1, n_query, Lk) for the last ``n_query`` of Lk positions.
 
     Key j is visible to query i iff it is valid (not padding) and ``j <= i`` (causal) or both are
     frame tokens (bidirectional video block); every position sees itself (no empty rows).
-    ``valid``, ``is_frame``: (B, Lk) bool.
+    ``valid``, ``is_frame``: (B, Lk) bool. ``segment_ids`` (B, Lk) long, for packed sequences
+    (:func:`d2lib.tokens.pack_examples`): a key of segment s > 0 is seen only by its own segment;
+    segment 0 (the shared prompt and frames) by every segment — the block mask of packing.
     """
     B, Lk = valid.shape
     qpos = torch.arange(Lk - n_query, Lk, device=valid.device)  # (Q,)
     kpos = torch.arange(Lk, device=valid.device)  # (Lk,)
     causal = kpos[None, :] <= qpos[:, None]  # (Q, Lk)
     bidir = is_frame[:, -n_query:, None] & is_frame[:, None, :]  # (B, Q, Lk)
-    allowed = (causal[None] | bidir) & valid[:, None, :]
+    causal = causal[None]
+    if segment_ids is not None:  # (B, Q, Lk): the shared prefix or the query's own segment
+        sk, sq = segment_ids[:, None, :], segment_ids[:, -n_query:, None]
+        causal = causal & ((sk == 0) | (sk == sq))
+    allowed = (causal | bidir) & valid[:, None, :]
     allowed |= (kpos[None, :] == qpos[:, None])[None]
     mask = torch.zeros(B, 1, n_query, Lk, dtype=dtype, device=valid.device)
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def position_ids(valid: torch.Tensor) -> torch.Tensor:
+def default_position_ids(valid: torch.Tensor) -> torch.Tensor:
     """RoPE positions that skip left padding: (B, L) long."""
     return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+position_ids = default_position_ids  # the name other modules import
 
 
 def frame_positions(frame_start: torch.Tensor, n_frames: int) -> torch.Tensor:
@@ -603,13 +613,15 @@ class D2VLM(nn.Module):
     def forward(self, input_ids, attention_mask, frame_start, frame_mask, labels=None, frames=None,
                 tower_feats=None, evi_batch=None, evi_tok_pos=None, evi_pred_pos=None, evi_role=None,
                 evi_frames=None, evi_pairs=None, frame_pos=None, token_mask=None, token_of_frame=None,
-                video_index=None, **_unused) -> D2Output:
+                video_index=None, segment_ids=None, position_ids=None, **_unused) -> D2Output:
         """Teacher-forced pass over a batch from :func:`d2lib.tokens.collate` (right padding).
 
         Give ``frames`` (B, T, H, W, 3) uint8 or cached ``tower_feats`` (B, T, S, P, Dv) — or one per
         distinct video (U, ...) with ``video_index`` (B,) (``Collator(dedupe=True)``).
         Returns :class:`D2Output`; ``loss`` is the SFT objective of the model's variant.
         ``frame_pos``/``token_mask``/``token_of_frame``: the peers' layouts (:meth:`frame_layout`).
+        ``segment_ids``/``position_ids`` (B, L): packed sequences (:func:`d2lib.tokens.pack_examples`),
+        several queries of one video after its frames, each computed as if alone.
         """
         tower_feats = self.batch_tower_feats(frames, tower_feats, frame_mask, video_index)
         B, L = input_ids.shape
@@ -621,8 +633,8 @@ class D2VLM(nn.Module):
         emb = self.embed(input_ids, ftok, frame_start, lay.mask, lay.pos)
         valid = attention_mask.bool()
         is_frame = self._is_frame(frame_start, lay.mask, L, lay.pos)
-        mask = attention_mask_4d(valid, is_frame, L, emb.dtype)
-        pos = position_ids(valid)
+        mask = attention_mask_4d(valid, is_frame, L, emb.dtype, segment_ids)
+        pos = position_ids if position_ids is not None else default_position_ids(valid)
         n_evi = 0 if evi_batch is None or self.variant.head == "none" else len(evi_batch)
         if n_evi and self.variant.injection:  # pass 1: frame states at the injection layer
             cut = lay.end()
@@ -676,7 +688,7 @@ class D2VLM(nn.Module):
                                       frame_pos, token_mask, token_of_frame)
         emb = self.embed(input_ids, ftok, frame_start, lay.mask, lay.pos)
         valid, is_frame = attention_mask.bool(), self._is_frame(frame_start, lay.mask, L, lay.pos)
-        pos = position_ids(valid)
+        pos = default_position_ids(valid)
         step = _Stepper(self, frame_start, T, use_cache, lay)
         h, logits = step.prefill(emb, valid, is_frame, pos)
         ids = self.ids

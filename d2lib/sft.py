@@ -124,13 +124,14 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     train_recs = data.select_tasks(data.load_records("train"), cfg.tasks)
     val_recs = [r for r in data.load_records("val") if r["task"] == "tvg"]
     videos, val_videos = load_inputs(cfg, {r["video"] for r in train_recs}, align_dir, variant)
-    examples = data.make_examples(train_recs, videos, variant, tok)
+    examples, layout = data.training_examples(train_recs, videos, variant, tok, pack=cfg.pack)
     secs["setup"] = time.perf_counter() - t0
 
-    collate = data.Collator(videos, tok.pad_token_id, kind=data.video_kind(videos), dedupe=cfg.group_videos)
+    grouped = cfg.group_videos and layout != "packed"
+    collate = data.Collator(videos, tok.pad_token_id, kind=data.video_kind(videos), dedupe=grouped)
     res = train.fit(model, examples, cfg, out_dir, collate, eval_fn=make_eval_fn(val_recs, val_videos, tok, cfg),
                     resume=resume, export_fn=export_sft, progress=progress,
-                    groups=data.video_groups(examples) if cfg.group_videos else None)
+                    groups=data.video_groups(examples) if grouped else None)
     secs["train"] = res.seconds
     model.eval()
     if cfg.train_tower:  # the tower changed: cache its final features for the stages after this one
@@ -143,6 +144,7 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     rand = infer.random_tvg(infer.limit(val_recs, cfg.eval_max_queries), seed=seed)
     last = res.last
     metrics = {"variant": dataclasses.asdict(variant), "seed": seed, "steps": res.steps, "examples": len(examples),
+               "layout": layout, "queries": sum(e.get("n_queries", 1) for e in examples),
                "val_tvg": scores, "random_tvg": rand,
                "train": {k: last.get(k) for k in ("loss", "lm_loss", "grounding_loss", "consistency_loss")},
                "trainable": lora.trainable_summary(model),

@@ -402,8 +402,86 @@ def _frame_layout(variant, n_frames: int, keep, fps: float):
     return tmap, [first[k] / fps for k in sorted(first)]
 
 
+class NotPackable(ValueError):
+    """Examples that cannot share one packed sequence (their prompts differ before the question)."""
+
+
+def shared_prefix_len(ex: dict) -> int:
+    """Length of the part of an encoded example that every query of its video shares: the
+    prompt up to and including the last ``<video>`` slot (the question comes after it)."""
+    if "frame_pos" in ex:
+        return int(ex["frame_pos"].max()) + 1 if len(ex["frame_pos"]) else int(ex["frame_start"])
+    return int(ex["frame_start"]) + int(ex["n_frames"])
+
+
+def pack_examples(examples: Sequence[dict]) -> dict:
+    """Pack the encoded examples of one video (:func:`encode_example`) into one sequence.
+
+    Layout: ``shared prefix (prompt + <video>×T) · segment 1 · segment 2 · …`` where segment i is
+    example i after the shared prefix (its question, response and ``<|end|>``). With the block
+    mask of :func:`d2lib.model.attention_mask_4d` (each segment sees the prefix and itself) and
+    positions that restart at the prefix length in every segment, every segment is computed
+    exactly as its example alone — frames once, Q queries per pass.
+
+    Adds ``segment_ids`` (L,) (0: shared prefix, i: segment i) and ``position_ids`` (L,) to the
+    keys of :func:`encode_example`; ``evi_*`` of all segments concatenated (positions shifted),
+    ``evi_pairs`` (M, 2) the consistency pairs inside each segment, ``idx`` the list of the
+    examples' idx, ``n_queries`` Q. Raises :class:`NotPackable` when the prefixes differ.
+
+    >>> import torch
+    >>> def ex(q):  # prefix [9, 7, 7] (frame_start 1, 2 frames), then a question and a response
+    ...     ids = torch.tensor([9, 7, 7, *q])
+    ...     lab = torch.tensor([-100, -100, -100, -100, *q[1:]])
+    ...     e = torch.zeros(0, dtype=torch.long)
+    ...     return {"input_ids": ids, "labels": lab, "frame_start": 1, "n_frames": 2, "evi_tok_pos": e,
+    ...             "evi_pred_pos": e, "evi_spans": torch.zeros(0, 2), "evi_frames": e.reshape(0, 2),
+    ...             "evi_event": e, "evi_stage": e, "evi_role": e, "response": "", "idx": q[0]}
+    >>> p = pack_examples([ex([1, 2]), ex([3, 4, 5])])
+    >>> p["input_ids"].tolist(), p["segment_ids"].tolist(), p["position_ids"].tolist()
+    ([9, 7, 7, 1, 2, 3, 4, 5], [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 3, 4, 3, 4, 5])
+    """
+    if not examples:
+        raise ValueError("nothing to pack")
+    first = examples[0]
+    n0 = shared_prefix_len(first)
+    prefix = first["input_ids"][:n0]
+    for e in examples[1:]:
+        if e["n_frames"] != first["n_frames"] or shared_prefix_len(e) != n0 or \
+                not torch.equal(e["input_ids"][:n0], prefix):
+            raise NotPackable(f"examples {first.get('idx')} and {e.get('idx')} do not share the prompt up to "
+                              "the last frame token (different videos or a layout that depends on the question)")
+        if bool((e["labels"][:n0] != IGNORE_INDEX).any()) or bool((e["evi_tok_pos"] < n0).any()):
+            raise NotPackable(f"example {e.get('idx')} has targets inside the shared prefix")
+    ids, labels, seg, pos = [prefix], [first["labels"][:n0]], [torch.zeros(n0, dtype=torch.long)], [torch.arange(n0)]
+    evi = {k: [] for k in ("evi_tok_pos", "evi_pred_pos", "evi_spans", "evi_frames", "evi_event", "evi_stage",
+                           "evi_role")}
+    pairs, n_evi, at = [], 0, n0
+    for i, e in enumerate(examples, start=1):
+        n = len(e["input_ids"]) - n0
+        ids.append(e["input_ids"][n0:])
+        labels.append(e["labels"][n0:])
+        seg.append(torch.full((n,), i, dtype=torch.long))
+        pos.append(torch.arange(n0, n0 + n))
+        shift = at - n0
+        for k in evi:
+            evi[k].append(e[k] + shift if k in ("evi_tok_pos", "evi_pred_pos") else e[k])
+        pairs += [(n_evi + a, n_evi + b) for a, b in consistency_pairs(e)]
+        n_evi += len(e["evi_tok_pos"])
+        at += n
+    out = {k: v for k, v in first.items() if k in ("frame_start", "n_frames", "frame_pos", "token_of_frame", "video")}
+    out.update({"input_ids": torch.cat(ids), "labels": torch.cat(labels), "segment_ids": torch.cat(seg),
+                "position_ids": torch.cat(pos), **{k: torch.cat(v) for k, v in evi.items()},
+                "evi_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
+                "response": [e["response"] for e in examples], "idx": [e.get("idx") for e in examples],
+                "n_queries": len(examples)})
+    return out
+
+
 def consistency_pairs(ex: dict) -> list[tuple[int, int]]:
-    """(prefix k, answer k') index pairs of one example's ``<evi>`` tokens for the same event/role."""
+    """(prefix k, answer k') index pairs of one example's ``<evi>`` tokens for the same event/role
+    (a packed example carries its pairs in ``evi_pairs``)."""
+    if "evi_pairs" in ex:
+        return [tuple(p) for p in ex["evi_pairs"].tolist()]
     first = {}
     for k, (ev, st, ro) in enumerate(zip(ex["evi_event"].tolist(), ex["evi_stage"].tolist(), ex["evi_role"].tolist())):
         if st == STAGE_PREFIX:
@@ -431,6 +509,8 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
     ``evi_role`` (N,), ``evi_frames`` (N, 2); ``evi_pairs`` (M, 2) consistency pairs into N.
     With the peers' layouts (examples with ``frame_pos``) also ``frame_pos`` (B, K) slot positions,
     ``token_mask`` (B, K) bool and, when every example has one, ``token_of_frame`` (B, Tmax).
+    With packed examples (:func:`pack_examples`; right padding only) also ``segment_ids`` and
+    ``position_ids`` (B, L) (an unpacked row of the batch is one segment 0 at positions 0..n-1).
     """
     B = len(examples)
     L = max(len(e["input_ids"]) for e in examples)
@@ -442,12 +522,19 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
     frame_mask = torch.zeros(B, T, dtype=torch.bool)
     evi = {k: [] for k in ("evi_batch", "evi_tok_pos", "evi_pred_pos", "evi_role", "evi_frames")}
     pairs, n_seen = [], 0
+    packed = any("segment_ids" in e for e in examples)
+    if packed and padding_side != "right":
+        raise ValueError("packed examples (pack_examples) are for training: collate them with right padding")
+    seg = torch.zeros(B, L, dtype=torch.long)
+    pos = torch.arange(L)[None].repeat(B, 1)
     for b, e in enumerate(examples):
         n = len(e["input_ids"])
         off = L - n if padding_side == "left" else 0
         input_ids[b, off:off + n] = e["input_ids"]
         labels[b, off:off + n] = e["labels"]
         attn[b, off:off + n] = 1
+        if "segment_ids" in e:
+            seg[b, :n], pos[b, :n] = e["segment_ids"], e["position_ids"]
         frame_start[b] = e["frame_start"] + off
         frame_mask[b, : e["n_frames"]] = True
         k = len(e["evi_tok_pos"])
@@ -476,6 +563,8 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
              "frame_start": frame_start, "frame_mask": frame_mask, **extra,
              **{k: torch.cat(v) for k, v in evi.items()},
              "evi_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)}
+    if packed:
+        batch.update(segment_ids=seg, position_ids=pos)
     if video_index is not None:
         batch["video_index"] = torch.as_tensor(list(video_index), dtype=torch.long)
     if frames is not None:
