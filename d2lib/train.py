@@ -146,6 +146,9 @@ class StageConfig(TrainConfig):
     eval_batch_size: int = 32
     max_new_tokens: int = 48
     group_videos: bool = False
+    # pack: one training sequence per video — its frames once, then every query of the video as its own
+    # segment (d2lib.tokens.pack_examples; exact). batch_size then counts videos, not queries.
+    pack: bool = False
 
     def __post_init__(self):
         super().__post_init__()
