@@ -566,7 +566,12 @@ class TrainResult:
     start_step: int  # 0, or the step of the checkpoint it resumed from
     history: list[dict]  # loss.csv rows
     val: list[dict]  # val.csv rows
-    seconds: float  # wall time of this call
+    seconds: float  # wall time of this call (never written to a hashed output: see d2lib.timing)
+
+    @property
+    def steps_per_s(self) -> float:
+        """Optimizer steps per second of wall time in this call (for :mod:`d2lib.timing`, not loss.csv)."""
+        return (self.steps - self.start_step) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def last(self) -> dict:
@@ -725,7 +730,6 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
         bar = tqdm(total=total, initial=start, desc=cfg.section, mininterval=1.0,
                    disable=not (progress and acc.is_main_process))
         model.train()
-        t_loop = time.perf_counter()
         try:
             for step in range(start + 1, total + 1):
                 loss, parts, grad_norm, lrs = _train_step(acc, model, optimizer, scheduler, trainable, train_data,
@@ -733,8 +737,7 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
                                                      groups)
                 info = {"step": step, "total": total, "epoch": step * cfg.grad_accum / per_epoch}
                 if step % cfg.log_every == 0 or step == total:
-                    row = _log_row(acc, step, info["epoch"], lrs, loss, parts, grad_norm,
-                                   (step - start) / (time.perf_counter() - t_loop))
+                    row = _log_row(acc, step, info["epoch"], lrs, loss, parts, grad_norm)
                     info["row"] = row
                     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                     if log is not None:
@@ -781,9 +784,10 @@ def _train_step(acc, model, optimizer, scheduler, trainable, data, collate_fn, p
     return loss_sum, parts_sum, grad_norm, lrs
 
 
-def _log_row(acc, step, epoch, lrs, loss, parts, grad_norm, steps_per_s) -> dict:
+def _log_row(acc, step, epoch, lrs, loss, parts, grad_norm) -> dict:
     """A loss.csv row; loss and parts are averaged over processes (a collective: every process
-    calls this on the same steps)."""
+    calls this on the same steps). No throughput column: loss.csv is a DVC output, so it holds only
+    what the same code, params and data reproduce bit for bit (:attr:`TrainResult.steps_per_s`)."""
     names = list(parts)  # the model's order; the same on every process
     values = [loss, *(parts[k] for k in names)]
     vec = torch.stack([torch.as_tensor(x, dtype=torch.float32, device=acc.device) for x in values])
@@ -797,7 +801,6 @@ def _log_row(acc, step, epoch, lrs, loss, parts, grad_norm, steps_per_s) -> dict
         raise FloatingPointError(f"loss is {row['loss']} at step {step}")
     if grad_norm is not None:
         row["grad_norm"] = float(grad_norm)
-    row["steps_per_s"] = round(steps_per_s, 4)
     return row
 
 
