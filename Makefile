@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
-# Run everything with the venv first on PATH (dvc stages call papermill from it), one torch thread
-# per core budget handled in d2lib; keep HF libraries offline: nothing is downloaded at run time.
+# Run everything with the venv first on PATH (dvc stages call papermill from it); keep HF libraries
+# offline: nothing is downloaded at run time. The numeric environment (threads, CPU kernel ISA) is pinned
+# in one place, d2lib/numenv.py: the runner and each stage's command apply it, `make test` runs under it.
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -27,13 +28,14 @@ venv: $(STAMP)
 data: venv
 	$(BIN)/dvc pull --quiet data.dvc
 
-# `dvc repro`'s stages, independent ones side by side on the cores (d2lib/repro.py); plain
-# `dvc repro` gives the same results one stage at a time.
+# `dvc repro`'s stages on a Dask LocalCluster of this machine's cores, each with the threads its command
+# declares (d2lib/repro.py); plain `dvc repro` gives the same bits one stage at a time.
+# REPRO_ARGS: e.g. --scheduler tcp://host:8786 for a running Dask cluster sharing this workspace.
 repro: data
-	$(BIN)/python -m d2lib.repro
+	$(BIN)/python -m d2lib.repro $(REPRO_ARGS)
 
 test: data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m d2lib.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
 benchmark: venv

@@ -1,107 +1,74 @@
-"""``python -m d2lib.repro`` (what ``make repro`` runs): ``dvc repro`` with independent stages side by side.
+"""``python -m d2lib.repro`` (what ``make repro`` runs): DVC's pipeline, its stages run by Dask ``distributed``.
 
-DVC runs a pipeline's stages one after another, each with every core. Our cells are small torch
-trainings that do not use two cores well: on the 2-core machine two one-thread jobs together did 80
-SFT steps of the default model in 30 s, one two-thread job 40 steps in 22 s — ≈1.47× the throughput.
-So this runner walks the same DAG DVC builds from ``dvc.yaml`` and, whenever more than one stage is
-ready, runs them as one-thread jobs on as many cores as there are (a stage that is ready alone, like
-``prepare`` or ``align``, gets every core). Everything else is DVC's:
+DVC runs one stage after another and has no parallel executor. This runner keeps DVC for what it does
+— change detection (``Stage.changed``), removing a stage's outputs before it runs, the cache and
+``dvc.lock`` — and hands the stages to a Dask cluster:
 
-- a stage runs only if DVC says it changed (``Stage.changed``: its deps, params, outs or command)
-  and only after every stage upstream of it has run or was found up to date;
-- its command is the ``cmd`` of ``dvc.yaml``, run by the shell in the stage's ``wdir`` after DVC
-  removed its outputs (as ``dvc repro`` does);
-- as soon as it succeeds it is committed (``dvc commit``: outputs cached, ``dvc.lock`` updated; after the
-  freed core got its next job, as a commit of our large dvc.lock takes seconds), so a later failure
-  loses no finished stage and ``dvc status`` afterwards reads exactly like after
-  ``dvc repro``. A failed stage stops new starts, lets running ones finish (and commits them), and
-  exits non-zero naming the stage and its log.
+- each stage is a task whose worker resource ``cores`` is the thread count its command declares
+  (``python -m d2lib.numenv --threads N``; 1 if none), so Dask starts it when a worker has that many
+  cores free. The count is the stage's, never the scheduler's: on 2 cores or 64, through this runner
+  or plain ``dvc repro``, a stage computes the same bits (:mod:`d2lib.numenv`). A stage that declares
+  more cores than the largest worker has runs with its declared threads on that worker's cores;
+- a stage is handed to Dask once every stage upstream of it is committed and DVC says it changed;
+  stages with more stages downstream go first (Dask priority);
+- the client is the one committer: each stage is committed (``dvc commit``) as it finishes, so a
+  later failure loses no finished stage. A failure stops new submissions, lets the running stages
+  finish (and commits them), and exits non-zero naming the stage and its log;
+- by default the cluster is a ``LocalCluster`` sized to this machine (one worker with as many cores as
+  this process may use); ``--scheduler ADDRESS`` uses a running one (``dask scheduler`` plus
+  ``dask worker ADDRESS --nthreads N --resources cores=N`` on machines that share this workspace at
+  the same path), e.g. to spread the matrix cells over a cluster. The Dask dashboard link is printed.
 
-Threads are set through ``OMP_NUM_THREADS`` (torch's default when a stage's ``num_threads`` param is
-0), so no stage's params or code changes and plain ``dvc repro`` stays valid and equivalent
-(float-level differences only: the order of summation depends on the thread count).
-Each job's output goes to ``artifacts/logs/<stage>.log``; the run's timeline to
-``artifacts/repro_timing.json`` (``python -m d2lib.bench`` reads it for the budget).
+Each stage's output goes to ``artifacts/logs/<stage>.log``. Every run writes its timeline to
+``artifacts/logs/repro_last.json``; a run that ran every stage of the pipeline also to
+``artifacts/repro_timing.json`` (``python -m d2lib.bench`` reads it), so a no-op or partial run keeps
+the last complete timeline there.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
 
+from . import numenv
 
-def threads_for(ready: int, used: int, cores: int) -> int:
-    """Threads for the next job to start, given ``ready`` stages waiting (this one included) and
-    ``used`` threads busy on ``cores`` cores: every core if it would run alone, one otherwise,
-    0 = wait for a running job to end (never more threads than cores: two 2-thread torch jobs on
-    two cores were ~14× slower, DESIGN §9).
-
-    >>> threads_for(ready=1, used=0, cores=2)   # prepare, align: alone
-    2
-    >>> threads_for(ready=30, used=0, cores=2)  # the ablation cells
-    1
-    >>> threads_for(ready=29, used=1, cores=2)
-    1
-    >>> threads_for(ready=28, used=2, cores=2)
-    0
-    """
-    if used >= cores:
-        return 0
-    return cores if used == 0 and ready == 1 else 1
+_RUNNING: dict[str, subprocess.Popen] = {}  # this worker's stage processes (for an interrupt)
 
 
-def downstream_counts(upstream: dict[str, set[str]]) -> dict[str, int]:
-    """How many stages depend (directly or not) on each stage — run those with more first, so the
-    long chains (``sft`` → ``evaluate``, a cell → the preference cells) start early.
-
-    >>> downstream_counts({"a": set(), "b": {"a"}, "c": {"b"}, "d": set()})
-    {'a': 2, 'b': 1, 'c': 0, 'd': 0}
-    """
-    below: dict[str, set[str]] = {s: set() for s in upstream}
-
-    def ups(s: str, seen: set[str]) -> set[str]:
-        for u in upstream[s]:
-            if u not in seen:
-                seen.add(u)
-                ups(u, seen)
-        return seen
-
-    for s in upstream:
-        for u in ups(s, set()):
-            below[u].add(s)
-    return {s: len(v) for s, v in below.items()}
+def run_stage(name: str, cmd: str, wdir: str, env: dict, log: str) -> dict:
+    """The Dask task: run a stage's command by the shell in its ``wdir``, output to ``log``."""
+    start = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([os.environ.get("SHELL") or "/bin/sh", "-c", cmd], cwd=wdir,
+                                env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT)
+        _RUNNING[name] = proc
+        try:
+            rc = proc.wait()
+        finally:
+            _RUNNING.pop(name, None)
+    return {"rc": rc, "start": start, "end": time.time(), "host": socket.gethostname()}
 
 
-@dataclass
-class Job:
-    stage: str
-    threads: int
-    proc: subprocess.Popen
-    log: Path
-    start: float
-    record: dict = field(default_factory=dict)
-
-
-def _open_repo(root: Path):
-    from dvc.repo import Repo
-    return Repo(str(root))
+def _stop_all() -> int:
+    for proc in list(_RUNNING.values()):
+        proc.terminate()
+    return len(_RUNNING)
 
 
 class _Dvc:
-    """One DVC repo for the whole run. Building DVC's index (parsing dvc.yaml and the large dvc.lock)
-    costs ~2 s on the 2-core machine and a commit ~4 s, so the stage objects are read once: asking a
-    stage whether it changed or removing its outputs then takes milliseconds. A commit rewrites only
-    that stage's entry in dvc.lock, which no other stage's ``changed`` reads, so the objects stay valid."""
+    """One DVC repo for the whole run: the stages are read once (DVC's index of our large dvc.lock
+    takes seconds to build); a commit rewrites only its stage's entry, which no other stage reads."""
 
     def __init__(self, root: Path):
-        self.repo = _open_repo(root)
+        from dvc.repo import Repo
+        self.repo = Repo(str(root))
         self.stages = {s.addressing: s for s in self.repo.index.stages}
-        self.graph = self.repo.index.graph
 
     def changed(self, name: str) -> bool:
         with self.repo.lock:
@@ -112,47 +79,54 @@ class _Dvc:
         stage = self.stages[name]
         with self.repo.lock:
             stage.remove_outs(ignore_remove=False, force=False)
-        cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
-        return cmd, stage.wdir
+        return (stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)), stage.wdir
 
     def commit(self, name: str) -> None:
         self.repo.commit(name, force=True)
 
-    def close(self) -> None:
-        self.repo.close()
+    def order_lock(self) -> None:
+        """Put ``dvc.lock``'s entries in ``dvc.yaml``'s order: DVC appends a stage where it was first
+        committed, so the file would otherwise record which stage happened to finish first."""
+        from dvc.utils.serialize import modify_yaml
+        lock = Path(self.repo.root_dir) / "dvc.lock"
+        if not lock.is_file():
+            return
+        order = [s.name for s in self.stages.values() if Path(s.path) == lock.with_name("dvc.yaml")]
+        with modify_yaml(str(lock), fs=self.repo.fs) as data:
+            stages = data.get("stages", {})
+            for name in [n for n in order if n in stages] + [n for n in stages if n not in order]:
+                stages.move_to_end(name)
 
 
-def pipeline(dvc: _Dvc, targets: list[str] | None = None) -> tuple[dict[str, set[str]], list[str]]:
+def pipeline(dvc: _Dvc, targets: list[str] | None = None) -> tuple[dict[str, set[str]], dict[str, int]]:
     """``{stage: its direct upstream stages}`` for the stages with a command (data sources such as
-    ``data.dvc`` are verified by DVC, not run), restricted to ``targets`` and their upstream; and
-    the stages in ``dvc.yaml`` order."""
+    ``data.dvc`` are verified by DVC, not run), restricted to ``targets`` and their upstream; and each
+    stage's priority: how many of them depend on it, directly or not."""
     import networkx as nx
-    graph = dvc.graph  # edges: stage -> the stages it depends on
+    graph = dvc.repo.index.graph  # edges: stage -> the stages it depends on
     nodes = {s.addressing: s for s in graph.nodes}
     keep = set(nodes)
     if targets:
         unknown = [t for t in targets if t not in nodes]
         if unknown:
             raise SystemExit(f"d2lib.repro: unknown stage(s) {unknown}; dvc.yaml has {sorted(nodes)}")
-        keep = set(targets)
-        for t in targets:
-            keep |= {d.addressing for d in nx.descendants(graph, nodes[t])}
+        keep = set(targets).union(*(({d.addressing for d in nx.descendants(graph, nodes[t])}) for t in targets))
     upstream = {a: {d.addressing for d in graph.successors(s) if d.cmd and d.addressing in keep}
                 for a, s in nodes.items() if s.cmd and a in keep}
-    order = [a for a in dvc.stages if a in upstream]
-    return upstream, order
+    priority = {a: sum(1 for d in nx.ancestors(graph, nodes[a]) if d.addressing in upstream) for a in upstream}
+    return upstream, priority
 
 
-def _start(dvc: _Dvc, name: str, threads: int, log_dir: Path, root: Path) -> Job:
-    cmd, wdir = dvc.prepare(name)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               DVC_ROOT=str(root), DVC_STAGE=name)
-    log = log_dir / (name.replace("@", "_").replace("/", "_") + ".log")
-    fh = open(log, "w")
-    proc = subprocess.Popen([os.environ.get("SHELL") or "/bin/sh", "-c", cmd], cwd=wdir, env=env,
-                            stdout=fh, stderr=subprocess.STDOUT, close_fds=True)
-    fh.close()
-    return Job(name, threads, proc, log, time.perf_counter())
+def connect(scheduler: str | None = None, workers: int = 1, cores: int | None = None, dashboard: str | None = ":8787"):
+    """A Dask client: on the cluster at ``scheduler``, or on a new in-process LocalCluster of ``workers``
+    workers with ``cores`` cores each (default: all this process may use, over one worker)."""
+    from distributed import Client, LocalCluster
+    if scheduler:
+        return Client(scheduler)
+    cores = cores or len(os.sched_getaffinity(0))
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=cores, resources={"cores": cores},
+                           processes=False, dashboard_address=dashboard)
+    return Client(cluster)
 
 
 def _tail(path: Path, n: int = 25) -> str:
@@ -162,132 +136,118 @@ def _tail(path: Path, n: int = 25) -> str:
         return ""
 
 
-class _State:
-    """What :func:`run`'s loop knows: stages done (ran or up to date), pending, running, failed."""
-
-    def __init__(self, upstream: dict[str, set[str]]):
-        self.done: set[str] = set()
-        self.pending = set(upstream)
-        self.stale: set[str] = set()  # ready stages DVC said changed (asked once)
-        self.running: dict[str, Job] = {}
-        self.failed: list[str] = []
-        self.records: dict[str, dict] = {}
-
-
-def _reap(st: _State, t0: float, log) -> list[Job]:
-    """The jobs that ended since the last look (taken off ``running``); failures are recorded here,
-    successes are committed by the caller after it has started the next jobs."""
-    ended = []
-    for name, job in list(st.running.items()):
-        rc = job.proc.poll()
-        if rc is None:
-            continue
-        del st.running[name]
-        end = time.perf_counter() - t0
-        job.record = {"start_s": round(job.start - t0, 1), "end_s": round(end, 1), "threads": job.threads, "rc": rc}
-        st.records[name] = job.record
-        if rc != 0:
-            st.failed.append(name)
-            log(f"[{end:7.1f}s] FAILED  {name} (exit {rc}); log {job.log}:\n{_tail(job.log)}")
-        ended.append(job)
-    return ended
-
-
-def _ready(dvc: _Dvc, st: _State, upstream: dict[str, set[str]], rank: dict) -> list[str]:
-    """Pending stages whose upstream is done and that DVC says changed, best first; the unchanged
-    ones are marked done on the way (which can make more stages ready)."""
-    ready: list[str] = []
-    skipped = True
-    while skipped:
-        skipped = False
-        for name in sorted((s for s in st.pending if upstream[s] <= st.done), key=rank.__getitem__):
-            if name in ready:
-                continue
-            if name in st.stale or dvc.changed(name):
-                st.stale.add(name)
-                ready.append(name)
-            else:
-                st.pending.discard(name)
-                st.done.add(name)
-                st.records[name] = {"skipped": True}
-                skipped = True
-    return sorted(ready, key=rank.__getitem__)
-
-
-def run(root: Path | None = None, targets: list[str] | None = None, cores: int | None = None,
-        timing: Path | None = None, log=print, poll_s: float = 0.5) -> dict:
-    """Reproduce the pipeline (or ``targets`` and their upstream) on ``cores`` cores; returns and
-    writes the timeline. Raises ``RuntimeError`` naming the failed stage(s) after committing every
-    stage that finished."""
-    from .prepare import write_json_atomic
+def run(root: Path | None = None, targets: list[str] | None = None, client=None, log=print, **cluster) -> dict:
+    """Reproduce the pipeline (or ``targets`` and their upstream) on ``client``'s cluster (default:
+    :func:`connect` with ``cluster``'s arguments); returns and writes the timeline. Raises
+    ``RuntimeError`` naming the failed stage(s) and their logs after committing every stage that finished."""
     root = Path(root or os.getcwd()).resolve()
-    cores = max(1, cores or len(os.sched_getaffinity(0)))
-    dvc = _Dvc(root)
-    try:
-        upstream, order = pipeline(dvc, targets)
-        priority = downstream_counts(upstream)
-        rank = {s: (-priority[s], i) for i, s in enumerate(order)}
-        log_dir = root / "artifacts" / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        timing = Path(timing or root / "artifacts" / "repro_timing.json")
+    with contextlib.chdir(root):  # DVC resolves a stage's paths from the working directory
+        return _run(root, targets, client, log, cluster)
 
-        t0 = time.perf_counter()
-        st = _State(upstream)
-        try:
-            while True:
-                ended = _reap(st, t0, log)
-                if not st.failed:  # fill the free cores first: committing takes seconds
-                    ready = _ready(dvc, st, upstream, rank)
-                    used = sum(j.threads for j in st.running.values())
-                    for i, name in enumerate(ready):
-                        n = threads_for(len(ready) - i, used, cores)
-                        if n == 0:
-                            break
-                        st.running[name] = _start(dvc, name, n, log_dir, root)
-                        st.pending.discard(name)
-                        used += n
-                        log(f"[{time.perf_counter() - t0:7.1f}s] start   {name} ({n} thread(s))")
-                for job in ended:
-                    if job.record["rc"] == 0:
-                        dvc.commit(job.stage)
-                        st.done.add(job.stage)
-                        log(f"[{job.record['end_s']:7.1f}s] done    {job.stage} "
-                            f"({job.record['end_s'] - job.record['start_s']:.1f} s, {job.threads} thread(s))")
-                if ended:
-                    continue  # stages downstream of the committed ones may be ready now
-                if not st.running:
-                    break
-                time.sleep(poll_s)
-        except BaseException:
-            for job in st.running.values():
-                job.proc.terminate()
-            raise
+
+def _run(root: Path, targets, client, log, cluster: dict) -> dict:
+    from distributed import as_completed
+    from .prepare import write_json_atomic
+
+    own = client is None
+    client = client or connect(**cluster)
+    dvc = _Dvc(root)
+    logs = root / "artifacts" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    timeline, failed, done, running, pending, t0 = {}, [], set(), {}, set(), time.time()
+    try:
+        if client.dashboard_link and own:
+            log(f"d2lib.repro: Dask dashboard {client.dashboard_link}")
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        capacity = max((w.get("resources", {}).get("cores", 0) for w in workers), default=0)
+        if capacity < 1:
+            raise RuntimeError("d2lib.repro: no Dask worker offers the 'cores' resource (start workers with "
+                               "--resources cores=N)")
+        upstream, priority = pipeline(dvc, targets)
+        pending, t0 = set(upstream), time.time()
+        queue = as_completed()
+
+        def submit_ready() -> None:
+            ready = True
+            while ready:
+                ready = sorted((s for s in pending if upstream[s] <= done), key=lambda s: -priority[s])
+                for name in ready:
+                    pending.discard(name)
+                    if not dvc.changed(name):
+                        done.add(name)
+                        timeline[name] = {"skipped": True}
+                        continue
+                    cmd, wdir = dvc.prepare(name)
+                    threads = numenv.declared_threads(cmd) or numenv.DEFAULT_THREADS
+                    env = {**numenv.env(threads), "DVC_ROOT": str(root), "DVC_STAGE": name}
+                    path = logs / (name.replace("@", "_").replace("/", "_") + ".log")
+                    fut = client.submit(run_stage, name, cmd, wdir, env, str(path), key=f"{name}-{uuid.uuid4().hex[:8]}",
+                                        resources={"cores": min(threads, capacity)}, priority=priority[name], pure=False)
+                    running[fut] = (name, threads, path)
+                    queue.add(fut)
+                    log(f"[{time.time() - t0:7.1f}s] queued  {name} ({threads} thread(s))")
+                ready = [s for s in ready if s in done]  # skipped ones may have made more stages ready
+
+        submit_ready()
+        for fut in queue:
+            name, threads, path = running.pop(fut)
+            try:
+                rec = dict(fut.result())
+            except Exception as e:  # the task itself failed (e.g. a worker died)
+                rec = {"rc": -1, "start": t0, "end": time.time(), "error": repr(e)}
+            rec = {"start_s": round(rec.pop("start") - t0, 1), "end_s": round(rec.pop("end") - t0, 1),
+                   "threads": threads, **rec}
+            timeline[name] = rec
+            if rec["rc"] != 0:
+                failed.append(name)
+                log(f"[{rec['end_s']:7.1f}s] FAILED  {name} (exit {rec['rc']}); log {path}:\n{_tail(path)}")
+                continue
+            dvc.commit(name)
+            done.add(name)
+            log(f"[{rec['end_s']:7.1f}s] done    {name} ({rec['end_s'] - rec['start_s']:.1f} s, {threads} thread(s))")
+            if not failed:
+                submit_ready()
+    except BaseException:
+        if running:
+            client.cancel(list(running))
+            client.run(_stop_all)
+        raise
     finally:
-        dvc.close()
-    wall = time.perf_counter() - t0
-    ran = [s for s, r in st.records.items() if not r.get("skipped")]
-    report = {"wall_s": round(wall, 1), "cores": cores, "targets": targets or "all",
-              "stages": len(upstream), "ran": len(ran),
-              "complete": len(ran) == len(upstream) and not st.failed and not st.pending,
-              "failed": st.failed, "timeline": st.records}
-    write_json_atomic(report, timing)
-    if st.failed:
-        raise RuntimeError(f"d2lib.repro: stage(s) {st.failed} failed (logs in {log_dir}); every stage that "
-                           "finished is committed — fix and run again to continue from there")
-    if st.pending:  # cannot happen with a DAG from DVC; guard against a silent partial run
-        raise RuntimeError(f"d2lib.repro: stages {sorted(st.pending)} never became ready")
-    log(f"d2lib.repro: {len(ran)} of {len(upstream)} stages ran in {wall / 60:.1f} min on {cores} core(s); "
-        f"timeline in {timing}")
+        dvc.order_lock()
+        dvc.repo.close()
+        if own:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    if pending and not failed:  # cannot happen with a DAG from DVC; guard against a silent partial run
+        raise RuntimeError(f"d2lib.repro: stages {sorted(pending)} never became ready")
+    wall = time.time() - t0
+    ran = [s for s, r in timeline.items() if not r.get("skipped")]
+    report = {"wall_s": round(wall, 1), "workers": len(workers), "cores_per_worker_max": capacity, "targets": targets or "all", "stages": len(upstream), "ran": len(ran),
+              "complete": not targets and len(ran) == len(upstream) and not failed and not pending,
+              "failed": failed, "timeline": timeline}
+    write_json_atomic(report, logs / "repro_last.json")
+    if report["complete"]:
+        write_json_atomic(report, root / "artifacts" / "repro_timing.json")
+    if failed:
+        named = ", ".join(f"{s} (log {logs / (s.replace('@', '_').replace('/', '_') + '.log')})" for s in failed)
+        raise RuntimeError(f"d2lib.repro: stage(s) {failed} failed: {named}; every stage that finished is "
+                           "committed — fix and run again to continue from there")
+    log(f"d2lib.repro: {len(ran)} of {len(upstream)} stages ran in {wall / 60:.1f} min; timeline in "
+        f"{logs / 'repro_last.json'}")
     return report
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("targets", nargs="*", help="stages to reproduce with their upstream (default: all)")
-    ap.add_argument("--cores", type=int, default=None, help="cores to use (default: this process's CPU affinity)")
+    ap.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster)")
+    ap.add_argument("--workers", type=int, default=1, help="LocalCluster workers (default 1)")
+    ap.add_argument("--cores", type=int, default=None, help="cores per LocalCluster worker (default: this process's CPUs)")
     args = ap.parse_args(argv)
     try:
-        run(targets=args.targets or None, cores=args.cores)
+        run(targets=args.targets or None, scheduler=args.scheduler, workers=args.workers, cores=args.cores)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         raise SystemExit(1)

@@ -106,3 +106,16 @@ def test_dvc_stages_list_existing_params_and_deps():
                 # artifacts/ are stage outputs; data/ is pulled from the DVC remote by `make repro`
                 ok = (ROOT / dep).exists() or dep.startswith(("artifacts/", "data/"))
                 assert ok, f"stage {name}: dep {dep} missing"
+
+
+def test_every_stage_declares_its_threads_and_lessons_are_normalized():
+    """A stage's thread count is part of its spec (its command), never the scheduler's choice; an executed
+    lesson is normalized before DVC hashes it."""
+    from d2lib import numenv
+
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        cmd = stage["cmd"]
+        assert numenv.declared_threads(cmd), f"stage {name}: no 'python -m d2lib.numenv --threads N' in its cmd"
+        if "papermill" in cmd:
+            out = cmd.split("papermill", 1)[1].split("&&")[0].split()[-1]
+            assert f"d2lib.nbnorm {out}" in cmd, f"stage {name}: {out} is not normalized after papermill"
