@@ -184,6 +184,53 @@ def test_etbench_tvg_without_delimiter_and_ties():
     assert tie["F1@0.7"] == 1.0
 
 
+def test_exact_tie_at_half_is_a_hit_in_every_protocol():
+    """GT [22, 28] vs the answer "20.2 - 25.9": IoU 3.9 / 7.8 = 1/2 exactly, a hit at 0.5 under the exact
+    rule; float64 (TimeChat) computes 0.4999999999999998 and misses it, float32 (E.T. Bench) hits it."""
+    answer = ["The event happens in 20.2 - 25.9."]
+    ch = M.charades_sta_from_text(answer, [[22, 28]])
+    assert ch["R1@0.5"] == 1.0 and ch["R1@0.7"] == 0.0 and ch["mIoU"] == 0.5
+    assert M.charades_sta_from_text(answer, [[22, 28]], arithmetic="float64")["R1@0.5"] == 0.0
+    rec = [_rec("tvg", "22 - 28 </evi>" + answer[0], tgt=[22, 28])]
+    exact, f32 = (M.etbench_task("tvg", rec, embed=None, captioner=None, arithmetic=a) for a in ("exact", "float32"))
+    assert exact["F1@0.5"] == exact["F1_evi@0.7"] == 1.0 and exact["F1@0.7"] == 0.0
+    assert f32["F1@0.5"] == 1.0 and f32["mIoU"] == 0.5
+    assert M.etbench_task("tvg", rec, arithmetic="float64")["F1@0.5"] == 0.0
+    gvq = [_rec("gvq", "22 - 28 </evi> A. " + answer[0], tgt=[22, 28], o=OPTS, p=0)]
+    assert M.etbench_task("gvq", gvq, embed=None, captioner=None)["R@0.5"] == 1.0
+    tal = [_rec("tal", "22 - 28 </evi>" + answer[0], tgt=[[22, 28]])]
+    assert M.etbench_task("tal", tal, embed=None, captioner=None)["F1@0.5"] == 1.0
+
+
+def test_exact_tie_at_0_7_per_arithmetic():
+    """IoU exactly 7/10: a hit under the exact rule and in float64 (integer spans); E.T. Bench's float32
+    IoU rounds to 0.699999988 — a miss for tvg/tem/gvq, which compare it with the float 0.7, a hit for
+    tal, which compares it with float32(0.7)."""
+    recs = {task: [_rec(task, "10 - 17 </evi> 10 - 17", tgt=[[10, 20]] if task in ("tem", "tal") else [10, 20],
+                        **({"o": OPTS, "p": 0} if task == "gvq" else {}))] for task in ("tvg", "tem", "tal", "gvq")}
+    recs["gvq"][0]["a"] = "10 - 17 </evi> A. It happens in 10 - 17."
+    key = {"tvg": "F1@0.7", "tem": "R@0.7", "tal": "F1@0.7", "gvq": "R@0.7"}
+    for task, k in key.items():
+        got = {a: M.etbench_task(task, recs[task], embed=None, captioner=None, arithmetic=a)[k]
+               for a in ("exact", "float64", "float32")}
+        assert got == {"exact": 1.0, "float64": 1.0, "float32": 1.0 if task == "tal" else 0.0}, task
+    # Charades: the same in TimeChat's float64; a decimal tie there can miss ([25.5, 29.7] vs 24.9 - 30.9)
+    assert M.charades_sta([[24.9, 30.9]], [[25.5, 29.7]])["R1@0.7"] == 1.0
+    assert M.charades_sta([[24.9, 30.9]], [[25.5, 29.7]], arithmetic="float64")["R1@0.7"] == 0.0
+
+
+def test_dense_captioning_exact_ties_never_count():
+    """Dense captioning (E.T. Bench dvc, YouCook2): the published ``inter / (union + 1e-8)`` makes an exact
+    tie fail both ``>`` (detection) and ``>=`` (caption pairing); the exact rule decides IoU > θ, the same."""
+    pred, gt = [[0, 5], [20.2, 25.9]], [[0, 10], [22, 28]]  # IoUs 1/2 (integers) and 1/2 (decimals)
+    for arithmetic in ("exact", "float64"):
+        assert not M.dense_hits(pred, gt, 0.5, arithmetic, ">=").any()
+        assert M.detection_pr(pred, gt, 0.5, arithmetic) == (0.0, 0.0)
+        assert M.detection_pr(pred, gt, 0.3, arithmetic) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        M.dense_hits(pred, gt, 0.5, op="<")
+
+
 def test_etbench_tem_max_over_gt():
     recs = [_rec("tem", "</evi>30 - 40, 0 - 10", tgt=[[0, 10], [30, 40]]),  # first span [30,40]: IoU 1
             _rec("tem", "</evi>0 - 6", tgt=[[0, 10], [30, 40]])]  # 6/10 = 0.6 with the first GT

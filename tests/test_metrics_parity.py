@@ -26,9 +26,12 @@ sentence-transformers 6.2.0, transformers 5.23.0, nncore 0.4.7, OpenJDK 17.0.19:
 
 Deviations found (each asserted below):
 
-1. tvg/epm/tem/gvq: E.T. Bench computes IoU in float32 and compares ``.item()`` with the float 0.7, so an
-   exact 0.7 tie misses; we count it (tal is not affected: it compares float32 tensors with 0.7 cast to
-   float32, so the tie hits there too). Source ``shapes_dev``.
+1. Exact ties. tvg/epm/tem/gvq: E.T. Bench computes IoU in float32 and compares ``.item()`` with the float
+   0.7, so an exact 0.7 tie misses; we decide ties exactly and count it (tal is not affected here: it
+   compares float32 tensors with 0.7 cast to float32, so the tie hits there too). Source ``shapes_dev``.
+   ``arithmetic="float32"`` selects the script's arithmetic: then every grounding number below is the
+   script's bit for bit (``test_etbench_float32_arithmetic_is_the_script_bit_for_bit``), and TimeChat's
+   ``eval_tvg.py`` is ``arithmetic="float64"``.
 2. Clock times: E.T. Bench's range regex reads "0:39 - 0:47" as "39 - 0"; we read 39 - 47.
 3. An option letter outside the range ("(E)" of four): both fall back to sentence similarity, but
    E.T. Bench does not count it as Failed; we do (accuracy is the same).
@@ -111,9 +114,9 @@ YC2_KEYS = {"CIDER": "CIDEr", "METEOR": "METEOR", "F1_Score": "F1", "SODA_c_2": 
             **{f"{a}@{t}": f"{a}@{t}" for a in ("Precision", "Recall") for t in (0.3, 0.5, 0.7, 0.9)}}
 
 
-def assert_close(ours: dict, theirs: dict, keys, where: str) -> None:
+def assert_close(ours: dict, theirs: dict, keys, where: str, tol: float = TOL) -> None:
     bad = {k: (ours.get(k), theirs[k]) for k in keys
-           if ours.get(k) is None or abs(ours[k] - theirs[k]) > TOL}
+           if ours.get(k) is None or abs(ours[k] - theirs[k]) > tol}
     assert not bad, f"{where}: (ours, published) differ: {bad}"
 
 
@@ -148,6 +151,18 @@ def test_etbench_dvc_captions_equal_published(etb):
     assert_close(etb["dvc/shapes"], PUBLISHED_ETBENCH["dvc/shapes"], ETB_CAPTION_KEYS, "dvc/shapes")
 
 
+@pytest.fixture(scope="module")
+def etb32(submission):
+    """The same, in E.T. Bench's own float32 IoU arithmetic (no caption scores: they do not use it)."""
+    return M.evaluate_etbench(submission, delimiter=None, captioner=None, arithmetic="float32")["groups"]
+
+
+@pytest.mark.parametrize("group", ["tvg/shapes", "tal/shapes", "tal/shapes_dev", "gvq/shapes", "dvc/shapes"])
+def test_etbench_float32_arithmetic_is_the_script_bit_for_bit(etb32, group):
+    """float32 IoU (nncore), tal's float32 threshold and shares: mIoU and tal F1 equal to the last bit."""
+    assert_close(etb32[group], PUBLISHED_ETBENCH[group], ETB_KEYS[group.split("/")[0]], group, tol=0.0)
+
+
 def test_etbench_tvg_deviations_float32_tie_and_clock_times(etb, submission):
     ours, theirs = etb["tvg/shapes_dev"], PUBLISHED_ETBENCH["tvg/shapes_dev"]
     tie, clock, control = by_group(submission, "tvg/shapes_dev")
@@ -160,6 +175,9 @@ def test_etbench_tvg_deviations_float32_tie_and_clock_times(etb, submission):
     assert iou([20.25, 22.5], tie["tgt"]) == 0.7 and "20.25 - 22.5" in tie["a"]
     assert emulated["F1@0.7"] - theirs["F1@0.7"] == pytest.approx(1 / 3, abs=1e-12)
     assert emulated["F1"] - theirs["F1"] == pytest.approx(1 / 3 / 4, abs=1e-12)
+    # ... which the script's own arithmetic reproduces exactly, mIoU to the last bit included
+    script = M.etbench_task("tvg", [tie, clock, control], delimiter=None, arithmetic="float32")
+    assert_close(script, theirs, ETB_KEYS["tvg"], "tvg/shapes_dev (float32)", tol=0.0)
 
 
 def test_etbench_rar_deviation_letter_out_of_range(etb):
@@ -189,6 +207,8 @@ def test_charades_timechat_files_equal_published():
     gt = F.read_timechat_tvg_gt(DATA / "timechat_tvg_gt.json")
     ours = M.charades_sta_timechat(pred, gt)
     assert_close(ours, PUBLISHED_TIMECHAT_TVG, PUBLISHED_TIMECHAT_TVG, "TimeChat eval_tvg")
+    ours64 = M.charades_sta_timechat(pred, gt, arithmetic="float64")  # TimeChat's own arithmetic
+    assert_close(ours64, PUBLISHED_TIMECHAT_TVG, PUBLISHED_TIMECHAT_TVG, "TimeChat eval_tvg (float64)", tol=1e-15)
     assert ours["n"] == 15 and ours["n_missing"] == ours["n_extra"] == 0
 
 

@@ -59,3 +59,79 @@ def test_clip_and_order():
     assert spans.clip_span([-2, 40], 30) == ([0.0, 30.0], True)
     assert spans.clip_span([1, 2], 30) == ([1.0, 2.0], False)
     assert spans.order_span([9, 3]) == ([3.0, 9.0], True)
+
+
+# ----------------------------------------------------------------------------------- exact IoU and ties
+def test_exact_reads_floats_as_the_decimals_they_print_as():
+    from decimal import Decimal
+    from fractions import Fraction
+
+    assert spans.exact(20.2) == Fraction(101, 5) != Fraction(20.2)  # not the binary double
+    assert spans.exact(0.7) == Fraction(7, 10)
+    assert spans.exact("25.90") == spans.exact(Decimal("25.9")) == spans.exact(np.float64(25.9)) == Fraction(259, 10)
+    assert spans.exact(np.int64(3)) == 3
+    with pytest.raises(ValueError):
+        spans.exact(float("inf"))
+
+
+def test_tie_at_half_is_a_hit_under_the_exact_rule():
+    """GT [22, 28] vs the answer "20.2 - 25.9": intersection 3.9, union 7.8, IoU exactly 1/2."""
+    from fractions import Fraction
+
+    gt, pred = [22, 28], [20.2, 25.9]
+    assert spans.iou_exact(gt, pred) == Fraction(1, 2)
+    assert spans.iou(gt, pred) == 0.5 and spans.reaches(spans.iou_value(gt, pred), 0.5)
+    # the published arithmetics: float64 (TimeChat) misses it, float32 (E.T. Bench / nncore) hits it
+    assert spans.iou(gt, pred, "float64") == 0.4999999999999998
+    assert not spans.reaches(spans.iou_value(gt, pred, "float64"), 0.5, "float64")
+    assert spans.reaches(spans.iou_value(gt, pred, "float32"), 0.5, "float32")
+
+
+def test_tie_at_0_7():
+    """[10, 17] vs [10, 20] is exactly 7/10: a hit when decided exactly; float32 rounds it to
+    0.699999988…, a miss against the float 0.7 (E.T. Bench tvg) but a hit against float32(0.7) (its tal)."""
+    gt, pred = [10, 20], [10, 17]
+    assert spans.reaches(spans.iou_value(gt, pred), 0.7)
+    assert not spans.reaches(spans.iou_value(gt, pred), 0.7, strict=True)
+    v32 = spans.iou_value(gt, pred, "float32")
+    assert v32 == 0.699999988079071
+    assert not spans.reaches(v32, 0.7, "float32") and spans.reaches(v32, 0.7, "float32", float32_threshold=True)
+    assert spans.reaches(spans.iou_value(gt, pred, "float64"), 0.7, "float64")  # integers: float64 is exact
+    # with decimals it depends on the value: [25.5, 29.7] vs [24.9, 30.9] = 4.2 / 6 is a miss in float64
+    # and a hit in float32 (tvg), the reverse of the integer tie above
+    g, p = [25.5, 29.7], [24.9, 30.9]
+    assert spans.iou_exact(g, p) == spans.exact(0.7) and spans.reaches(spans.iou_value(g, p), 0.7)
+    assert not spans.reaches(spans.iou_value(g, p, "float64"), 0.7, "float64")
+    assert spans.reaches(spans.iou_value(g, p, "float32"), 0.7, "float32")
+
+
+def test_float_iou_decides_thresholds_exactly_on_decimal_spans():
+    """``iou`` is the exact IoU correctly rounded, so ``iou(a, b) >= 0.7`` (what per-record tables and
+    their CSVs compare) agrees with the exact decision for every pair of 1-decimal spans on a grid."""
+    rng = np.random.default_rng(0)
+    ends = np.round(rng.uniform(0, 40, (4000, 4)), 1)
+    n_ties = 0
+    for g0, g1, p0, p1 in ends:
+        g, p = sorted([g0, g1]), sorted([p0, p1])
+        value = spans.iou_value(g, p)
+        for t in (0.1, 0.3, 0.5, 0.7):
+            assert (spans.iou(g, p) >= t) == spans.reaches(value, t) == (value >= spans.exact(t))
+            n_ties += value == spans.exact(t)
+    assert n_ties > 5  # the grid does contain exact ties
+
+
+@pytest.mark.parametrize("arithmetic", spans.ARITHMETICS)
+def test_iou_matrix_and_values_match_scalar_in_every_arithmetic(arithmetic):
+    a = [[20.2, 25.9], [0, 10], [3, 3], [7.5, 12.25]]
+    b = [[22, 28], [5, 15]]
+    m = spans.iou_matrix(a, b, arithmetic)
+    vals = spans.iou_values(a, b, arithmetic)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            assert m[i, j] == spans.iou(x, y, arithmetic) == float(vals[i][j])
+    with pytest.raises(ValueError):
+        spans.iou([0, 1], [0, 2], "float16")
+
+
+def test_iou_non_finite_end_has_no_overlap():
+    assert spans.iou([0, 10], [5, float("inf")]) == 0.0 and spans.iou_exact([0, 10], [float("inf")] * 2) == 0
