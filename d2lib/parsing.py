@@ -5,9 +5,9 @@ the parsed value, the *path* that produced it (``"range"``, ``"keyword"``, ``"li
 or a failure reason such as ``"none"``/``"empty"``), so that evaluation can report a parse-failure
 count and a histogram of how answers were read, per task.
 
-The rules follow the E.T. Bench evaluator (``tvg_format``/``dvc_format``/MCQ, see
-``shared/reference/benchmarks-and-peers.md`` §1.4) and D²VLM's ``</evi>`` split (§7.2 of the D²VLM
-notes). Deliberate, documented differences from the official code:
+The rules follow the E.T. Bench evaluator (``tvg_format``/``dvc_format``/MCQ) and the ``</evi>`` split
+of D²VLM's evaluator (``new_compute_metrics.py``). Deliberate, documented differences from the official
+code (all of them, per evaluator and with their tests, in ``docs/METRICS.md``):
 
 * clock times (``m:ss``, ``h:mm:ss``) are read as times in every path — the official range regex reads
   ``"0:12 - 0:18"`` as ``12 - 0``, and its clock fallback knows only ``h:mm:ss``;
