@@ -100,7 +100,9 @@ def normalize(nb) -> tuple[object, dict, str]:
             kept = []
             for out in cell.outputs:
                 if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                    stderr.append(f"--- cell {i}\n{out.get('text', '')}")
+                    if not stderr or stderr[-1][0] != i:
+                        stderr.append((i, [f"--- cell {i}\n"]))
+                    stderr[-1][1].append(out.get("text", ""))
                 else:
                     kept.append(out)
             cell.outputs = kept
@@ -113,7 +115,7 @@ def normalize(nb) -> tuple[object, dict, str]:
                 cell.outputs = [nbformat.from_dict(_rename(o, names)) for o in cell.outputs]
     if cells_s:
         timings["cells_s"] = cells_s
-    return nb, timings, "".join(stderr)
+    return nb, timings, "".join("".join(parts) + "\n" for _, parts in stderr)
 
 
 def normalize_file(path: str | os.PathLike, log_dir: str | os.PathLike | None = None,
