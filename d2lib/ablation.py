@@ -103,6 +103,7 @@ METRICS = {
     "rar.Acc": "rar accuracy",
     "gvq.Acc": "gvq accuracy",
     "gvq.mRec": "gvq recall (on correct answers)",
+    "query.ctrl_R1@0.5": "query control: R@1 IoU 0.5 with another query's answer (tvg; low = the query is used)",
 }
 # More per-task numbers, for the widgets' task/metric choice.
 EXTRA_METRICS = {
@@ -113,11 +114,18 @@ EXTRA_METRICS = {
     "youcook2.F1": "YouCook2 F1 (dvc)",
     "youcook2.SODA_c": "YouCook2 SODA_c (dvc)",
     "youcook2.CIDEr": "YouCook2 CIDEr (dvc)",
+    "query.true_R1@0.5": "R@1 IoU 0.5 on the queries the control uses (videos asked more than once)",
+    "query.ctrl_R1@0.7": "query control: R@1 IoU 0.7 with another query's answer (tvg)",
+    "query.any_event_R1@0.5": "answers that hit some event of the video at IoU 0.5 (tvg)",
+    "query.e1_share": "share of e1's variance within videos (tvg; ~0 = the same e1 for every query)",
 }
+# A cell uses the query when its control R@0.5 is at most this fraction of its true R@0.5.
+QUERY_CONTROL_RATIO = 0.5
 ALL_METRICS = {**METRICS, **EXTRA_METRICS}
 TASK_METRICS = {
     "merged": ("F1(gnd)", "F1(gnd)_evi", "F1(cap)", "Sim(cap)"),
-    "tvg": ("tvg.F1", "tvg.F1_evi", "charades.R1@0.3", "charades.R1@0.5", "charades.R1@0.7", "charades.mIoU"),
+    "tvg": ("tvg.F1", "tvg.F1_evi", "charades.R1@0.3", "charades.R1@0.5", "charades.R1@0.7", "charades.mIoU",
+            "query.true_R1@0.5", "query.ctrl_R1@0.5", "query.ctrl_R1@0.7", "query.any_event_R1@0.5", "query.e1_share"),
     "tal": ("tal.F1",),
     "dvc": ("F1(cap)", "Sim(cap)", "youcook2.F1", "youcook2.SODA_c", "youcook2.CIDEr"),
     "rar": ("rar.Acc",),
@@ -346,6 +354,8 @@ def metric_value(m: Mapping, key: str) -> float | None:
     head, _, rest = key.partition(".")
     if not rest:
         v = m.get("etbench", {}).get("merged", {}).get(key)
+    elif head == "query":
+        v = (m.get("query_use") or {}).get(rest)
     elif head in ("charades", "youcook2"):
         v = m.get(head, {}).get(rest)
     else:
@@ -409,7 +419,27 @@ def evaluate_cell(model, tokenizer, row: str, out_dir: str | Path, acfg: Ablatio
     system = evaluate.evaluate_system(row, "model", answered, evaluate.answer_delimiter(model.variant), metas,
                                       eval_config(acfg), Path(out_dir) / "evaluate", t_infer)
     system.metrics["inference"] = inference_summary(t_infer, records, frames, counts)
+    system.metrics["query_use"] = query_use(model, tokenizer, answered, feats, acfg.eval_batch_size)
     return system
+
+
+def query_use(model, tokenizer, answered: Sequence[Mapping], feats: Mapping, batch_size: int = 32) -> dict:
+    """Does the cell's model use the query? On the answered tvg records: the shuffled-query control and
+    the any-event hit rate (:func:`d2lib.infer.query_control`), e₁'s within-video variance share
+    (:func:`d2lib.infer.e1_query_share`, teacher-forced; ``None`` without ``<evi>``) and ``passes``:
+    control R@0.5 ≤ :data:`QUERY_CONTROL_RATIO` × true R@0.5 (``None`` when true R@0.5 is 0: a model
+    that grounds nothing neither passes nor fails the control)."""
+    from . import evaluate, infer
+
+    tvg = [r for r in answered if r["task"] == "tvg"]
+    if not tvg:
+        return {}
+    out = infer.query_control(tvg, evaluate.answer_delimiter(model.variant))
+    out["e1_share"] = infer.e1_query_share(model, tvg, feats, tokenizer, batch_size)
+    true, ctrl = out.get("true_R1@0.5"), out.get("ctrl_R1@0.5")
+    ok = true is not None and ctrl is not None and math.isfinite(true) and true > 0
+    out["passes"] = bool(ctrl <= QUERY_CONTROL_RATIO * true) if ok else None
+    return out
 
 
 @contextlib.contextmanager
@@ -860,6 +890,43 @@ def evaluate_claims(per_seed, records=None, level: float = 0.95, n_boot: int = 1
     return pd.DataFrame(out, columns=cols)
 
 
+def claim_counts(claims_df) -> dict:
+    """How many claim × metric comparisons reproduce / are contradicted / are unresolved (any other
+    verdict), computed from :func:`evaluate_claims`'s verdicts.
+
+    >>> import pandas as pd
+    >>> claim_counts(pd.DataFrame({"verdict": ["reproduces", "contradicted", "same direction, not resolved"]}))
+    {'reproduced': 1, 'contradicted': 1, 'unresolved': 1, 'total': 3}
+    """
+    v = list(claims_df["verdict"]) if len(claims_df) else []
+    rep, con = v.count("reproduces"), v.count("contradicted")
+    return {"reproduced": rep, "contradicted": con, "unresolved": len(v) - rep - con, "total": len(v)}
+
+
+def query_control_table(cells: Mapping):
+    """One line per cell: ``row, label, seed`` and its query-use numbers (:func:`query_use`: ``true_R1@0.5``,
+    ``ctrl_R1@0.5``, ``any_event_R1@0.5``, ``e1_share``, ``passes``) — the table that says, seed by seed,
+    whether a row's model uses the query at all."""
+    import pandas as pd
+
+    out = []
+    for (row, seed), c in cells.items():
+        q = (c.get("metrics") or {}).get("query_use") or {}
+        out.append({"row": row, "label": label(row), "seed": int(seed),
+                    **{k: q.get(k) for k in ("true_R1@0.5", "ctrl_R1@0.5", "any_event_R1@0.5", "e1_share", "passes")}})
+    cols = ["row", "label", "seed", "true_R1@0.5", "ctrl_R1@0.5", "any_event_R1@0.5", "e1_share", "passes"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def query_control_summary(qtable) -> dict:
+    """Per row: does every seed pass the query control? ``{row: {"seeds_passing", "n_seeds", "all_pass"}}``."""
+    out = {}
+    for row, g in qtable.groupby("row", sort=False):
+        ok = [p is True or p == 1.0 for p in g["passes"]]
+        out[row] = {"seeds_passing": int(sum(ok)), "n_seeds": len(g), "all_pass": bool(all(ok))}
+    return out
+
+
 def claims_statement(claims_df) -> str:
     """A plain-language summary of which claims reproduce, built only from ``claims_df`` (the output of
     :func:`evaluate_claims`): one line per claim, then the tally.
@@ -963,6 +1030,8 @@ def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path
     write_csv_atomic(table, plots_dir / "ablation_table.csv")
     write_csv_atomic(per_seed, plots_dir / "ablation_cells.csv")
     write_csv_atomic(claims, plots_dir / "ablation_claims.csv")
+    qtable = query_control_table(cells)
+    write_csv_atomic(qtable, plots_dir / "ablation_query_control.csv")
     if figures:
         _figures(table, plots_dir)
     obj = {
@@ -981,6 +1050,9 @@ def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path
                                              "boot_high": r.boot_high, "paper_diff": r.paper_diff, "verdict": r.verdict}
                    for r in claims.itertuples()},
         "statement": claims_statement(claims) if len(claims) else "",
+        "claim_counts": claim_counts(claims),
+        "query_control": {"rule": f"control R@0.5 <= {QUERY_CONTROL_RATIO} x true R@0.5, every seed",
+                          "rows": query_control_summary(qtable)},
         "timing": timing(cells),
     }
     obj["timing"]["aggregate_s"] = round(time.perf_counter() - t0, 2)
@@ -1052,7 +1124,8 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["SFT_ROWS", "PREFERENCE", "LABELS", "CUMULATIVE", "PAPER", "METRICS", "ALL_METRICS", "TASK_METRICS",
+__all__ = ["query_use", "QUERY_CONTROL_RATIO", "claim_counts", "query_control_table", "query_control_summary",
+           "SFT_ROWS", "PREFERENCE", "LABELS", "CUMULATIVE", "PAPER", "METRICS", "ALL_METRICS", "TASK_METRICS",
            "RECORD_METRICS", "Claim", "CLAIMS", "CLAIM_METRICS", "AblationConfig", "label", "preference_row",
            "split_row", "load_config", "root_dir", "cell_dir", "sft_config", "fpo_config", "eval_config",
            "metric_value", "load_test", "evaluate_cell", "count_frame_tokens", "inference_summary", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell",

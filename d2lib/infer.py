@@ -77,6 +77,68 @@ def tvg_scores(answered: Sequence[Mapping], delimiter: str | None = EVIDENCE_DEL
     return res
 
 
+def other_query(answered: Sequence[Mapping]) -> list[int | None]:
+    """For each tvg record, the index of *another* query of the same video (the next one of that
+    video in list order, cyclically); ``None`` for a video asked only once.
+
+    >>> other_query([{"video": "a"}, {"video": "b"}, {"video": "a"}, {"video": "a"}])
+    [2, None, 3, 0]
+    """
+    by_video: dict = {}
+    for i, r in enumerate(answered):
+        by_video.setdefault(r["video"], []).append(i)
+    out: list[int | None] = [None] * len(answered)
+    for idx in by_video.values():
+        if len(idx) > 1:
+            for j, i in enumerate(idx):
+                out[i] = idx[(j + 1) % len(idx)]
+    return out
+
+
+def query_control(answered: Sequence[Mapping], delimiter: str | None = EVIDENCE_DELIMITER) -> dict:
+    """Does the answer depend on the query? (lesson ``04_sft_lora``: "where" is learned before "which").
+
+    - ``ctrl_R1@0.5`` / ``ctrl_R1@0.7``: each query scored with the answer the model gave to *another*
+      query of the same video (:func:`other_query`). A model that ignores the query scores the same
+      as with its own answer; one that uses it scores much lower. ``true_R1@0.5`` / ``true_R1@0.7``:
+      the model's own answers on the same queries (videos asked more than once), for comparison.
+    - ``any_event_R1@0.5``: the share of answers that hit (IoU ≥ 0.5) *some* queried event of the
+      video — high any-event and low true R@0.5 means it finds events but not the asked-for one.
+    Answers are read like :func:`tvg_scores` (the answer part after ``delimiter``).
+
+    >>> recs = [{"video": "v", "tgt": [0, 2], "a": "1 - 2 </evi> The event happens in 0 - 2."},
+    ...         {"video": "v", "tgt": [5, 9], "a": "5 - 9 </evi> The event happens in 5 - 9."}]
+    >>> c = query_control(recs)
+    >>> c["true_R1@0.5"], c["ctrl_R1@0.5"], c["any_event_R1@0.5"], c["n_ctrl"]
+    (1.0, 0.0, 1.0, 2)
+    """
+    other = other_query(answered)
+    keep = [i for i, o in enumerate(other) if o is not None]
+    texts = [answered[i]["a"] for i in keep]
+    gts = [answered[i]["tgt"] for i in keep]
+    res: dict = {"n_ctrl": len(keep)}
+    if keep:
+        true = metrics.charades_sta_from_text(texts, gts, delimiter=delimiter, evidence_fallback=False)
+        ctrl = metrics.charades_sta_from_text([answered[other[i]]["a"] for i in keep], gts, delimiter=delimiter,
+                                              evidence_fallback=False)
+        for k in ("R1@0.5", "R1@0.7"):
+            res[f"true_{k}"], res[f"ctrl_{k}"] = float(true[k]), float(ctrl[k])
+    else:
+        res.update({f"{w}_{k}": float("nan") for w in ("true", "ctrl") for k in ("R1@0.5", "R1@0.7")})
+    events: dict = {}
+    for r in answered:
+        events.setdefault(r["video"], [])
+        if list(r["tgt"]) not in events[r["video"]]:
+            events[r["video"]].append(list(r["tgt"]))
+    hits = []
+    for r in answered:  # R@1@0.5 of this answer against each event: > 0 iff it hits one of them
+        evs = events[r["video"]]
+        sc = metrics.charades_sta_from_text([r["a"]] * len(evs), evs, delimiter=delimiter, evidence_fallback=False)
+        hits.append(float(sc["R1@0.5"]) > 0)
+    res["any_event_R1@0.5"] = float(np.mean(hits)) if hits else float("nan")
+    return res
+
+
 def limit(records: Sequence[Mapping], max_queries: int = 0, seed: int = 0) -> list:
     """All records (``max_queries == 0``) or a fixed random subset of ``max_queries`` (order kept)."""
     if not max_queries or max_queries >= len(records):
@@ -87,11 +149,16 @@ def limit(records: Sequence[Mapping], max_queries: int = 0, seed: int = 0) -> li
 
 def eval_tvg(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
              batch_size: int = 32, max_new_tokens: int = 48, max_queries: int = 0) -> dict:
-    """Val tvg scores of ``model`` (:func:`tvg_scores` over :func:`predict`); non-tvg records are
-    skipped, ``max_queries`` > 0 scores a fixed subset."""
+    """Val tvg scores of ``model`` (:func:`tvg_scores` over :func:`predict`) with the query-use
+    measures (:func:`query_control`, :func:`e1_query_share`); non-tvg records are skipped,
+    ``max_queries`` > 0 scores a fixed subset."""
     tvg = limit([r for r in records if r["task"] == "tvg"], max_queries)
     answered = predict(model, tvg, videos, tokenizer, batch_size, max_new_tokens)
-    return tvg_scores(answered, answer_delimiter(model.variant))
+    out = tvg_scores(answered, answer_delimiter(model.variant))
+    out.update(query_control(answered, answer_delimiter(model.variant)))
+    share = e1_query_share(model, tvg, videos, tokenizer, batch_size)
+    out["e1_query_share"] = float("nan") if share is None else share
+    return out
 
 
 def mcq_accuracy(answered: Sequence[Mapping]) -> dict:
@@ -178,10 +245,73 @@ def evidence_similarity(model, records: Sequence[Mapping], videos: Mapping[str, 
     return {"cos_same_video": float(cos[same & off].mean()), "cos_other_video": float(cos[~same].mean())}
 
 
+def within_group_share(x: torch.Tensor, groups: Sequence) -> float:
+    """Share of the total variance of the rows of ``x`` (N, D) that lies *within* groups (N labels):
+    Σ‖x_i − mean of its group‖² / Σ‖x_i − overall mean‖². 0: every row equals its group's mean;
+    near 1: the group explains nothing. Groups of one row carry no within-group variance.
+
+    >>> x = torch.tensor([[0.0], [2.0], [10.0], [12.0]])
+    >>> round(within_group_share(x, ["a", "a", "b", "b"]), 4)  # within 4 of total 104
+    0.0385
+    """
+    x = x.double()
+    total = float(((x - x.mean(0)) ** 2).sum())
+    labels = list(groups)
+    within = 0.0
+    for g in dict.fromkeys(labels):
+        rows = x[[i for i, v in enumerate(labels) if v == g]]
+        within += float(((rows - rows.mean(0)) ** 2).sum())
+    return within / total if total > 0 else float("nan")
+
+
+@torch.no_grad()
+def first_evi_features(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
+                       batch_size: int = 32) -> torch.Tensor:
+    """e₁ of each record (N, D): the ``evi_head`` feature at the position that predicts its first
+    ``<evi>``, teacher-forced in ``model.variant``'s layout (the same vector greedy decoding scores
+    when its first ``<evi>`` comes out as in the target)."""
+    was_training = model.training
+    model.eval()
+    exs = make_examples(records, videos, model.variant, tokenizer)
+    collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos))
+    device = next(model.parameters()).device
+    feats = []
+    try:
+        for i in range(0, len(exs), batch_size):
+            batch = {k: v.to(device) for k, v in collate(exs[i:i + batch_size]).items()}
+            out = model(**batch)
+            first = torch.ones_like(batch["evi_batch"], dtype=torch.bool)
+            first[1:] = batch["evi_batch"][1:] != batch["evi_batch"][:-1]
+            feats.append(out.evi_feats[first].float().cpu())
+    finally:
+        model.train(was_training)
+    e = torch.cat(feats) if feats else torch.zeros(0, 0)
+    if len(e) != len(records):
+        raise ValueError("every record needs at least one <evi> in this variant's layout")
+    return e
+
+
+def e1_query_share(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
+                   batch_size: int = 32) -> float | None:
+    """How much of e₁ comes from the query: :func:`within_group_share` of the tvg queries' e₁ grouped
+    by video (only videos asked more than once). Near 0: every query of a video gets the same e₁ (the
+    query is ignored); well above 0: e₁ moves with the query. ``None`` for a variant without ``<evi>``."""
+    if model.variant.head == "none":
+        return None
+    vids = [r["video"] for r in records if r["task"] == "tvg"]
+    multi = {v for v in vids if vids.count(v) > 1}
+    tvg = [r for r in records if r["task"] == "tvg" and r["video"] in multi]
+    if len(tvg) < 2:
+        return None
+    e = first_evi_features(model, tvg, videos, tokenizer, batch_size)
+    return within_group_share(e, [r["video"] for r in tvg])
+
+
 def spans_of(generation) -> list:
     """The decoded spans of a generation's ``<evi>`` tokens, in order (seconds)."""
     return [list(v) if isinstance(v, (list, tuple)) else [v, v] for v in generation.values]
 
 
-__all__ = ["TVG_KEYS", "predict", "answer_delimiter", "tvg_scores", "limit", "eval_tvg", "mcq_accuracy",
+__all__ = ["other_query", "query_control", "within_group_share", "first_evi_features", "e1_query_share",
+           "TVG_KEYS", "predict", "answer_delimiter", "tvg_scores", "limit", "eval_tvg", "mcq_accuracy",
            "eval_mcq", "eval_loss", "random_tvg", "evidence_similarity", "spans_of"]

@@ -63,6 +63,31 @@ def consistency_l1(e_ground: torch.Tensor, e_answer: torch.Tensor) -> torch.Tens
     return F.l1_loss(e_ground.float(), e_answer.float())
 
 
+def consistency_scores(s_ground: torch.Tensor, s_answer: torch.Tensor, mask: torch.Tensor | None = None,
+                       frame_level: bool = False) -> torch.Tensor:
+    """Consistency on what the two stages *predict* rather than on their raw features: mean
+    |p_ground − p_answer| over pairs and valid frames, p = σ(s) per frame (span head) or the softmax
+    over frames (``frame_level``). Both sides carry gradient. Unlike :func:`consistency_l1`, it is
+    zero for two different features that score the frames alike, and it cannot be met by making
+    both features constant unless their frame scores agree.
+
+    ``s_ground``, ``s_answer``: (M, T) similarity logits of paired ``<evi>``; ``mask`` (M, T) bool.
+
+    >>> s = torch.tensor([[0.0, 0.0]])
+    >>> consistency_scores(s, s).item(), round(consistency_scores(s, torch.tensor([[0.0, 50.0]])).item(), 4)
+    (0.0, 0.25)
+    """
+    if s_ground.numel() == 0:
+        return s_ground.sum() * 0.0
+    if frame_level:
+        neg = torch.finfo(torch.float32).min
+        fill = (lambda s: s.float().masked_fill(~mask, neg)) if mask is not None else (lambda s: s.float())
+        pg, pa = fill(s_ground).softmax(-1), fill(s_answer).softmax(-1)
+    else:
+        pg, pa = s_ground.float().sigmoid(), s_answer.float().sigmoid()
+    return _masked_mean((pg - pa).abs(), mask)
+
+
 def frame_ce(scores: torch.Tensor, target_idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """E.T. Chat-style frame-level matching: softmax over frames, cross-entropy to one frame.
 

@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from . import config as _config
 from .config import check
-from .losses import consistency_l1, frame_ce, grounding_bce, lm_loss
+from .losses import consistency_l1, consistency_scores, frame_ce, grounding_bce, lm_loss
 from . import timerep, tokenbudget
 from .spans import decode_span, soft_targets
 from .tokens import ROLE_END, ROLE_START, render_response, special_ids
@@ -56,7 +56,10 @@ class Variant:
       over frames, one frame per token, so an event is a start and an end token), "none" (no heads,
       no ``<evi>``: times are text tokens);
     - ``injection``: add the span's frame states to each ``<evi>`` input embedding;
-    - ``consistency``: L1 between grounding-stage and answer-stage e_k of the same event.
+    - ``consistency``: L1 between grounding-stage and answer-stage e_k of the same event;
+    - ``prompt``: "full" asks the record's question as written; "short" drops its answer-format
+      sentence (:func:`d2lib.tokens.short_question`) — fewer tokens between the question and the
+      ``<evi>`` read-out; the format is learned from the targets.
 
     The peers' mechanisms (lesson ``08_peers``; all off by default). Time representation
     (:mod:`d2lib.timerep`): ``time_format`` — how times are written as text where times are text
@@ -71,6 +74,7 @@ class Variant:
 
     prefix: bool = True
     answer_evidence: Literal["evi", "text", "none"] = "evi"
+    prompt: Literal["full", "short"] = "full"
     head: Literal["span", "frame", "none"] = "span"
     injection: bool = True
     consistency: bool = True
@@ -176,6 +180,10 @@ class ModelConfig:
     decode_ratio: float = 0.6
     grounding_weight: float = 10.0
     consistency_weight: float = 10.0
+    # the form of the consistency term (lesson 04_sft_lora): "l1" the paper's |e_ground − e_answer| on the raw
+    # features (both sides trained); "l1_detached" |sg(e_ground) − e_answer| (only the answer stage follows the
+    # grounding stage); "scores" |p_ground − p_answer| on the per-frame probabilities (losses.consistency_scores)
+    consistency_form: Literal["l1", "l1_detached", "scores"] = "l1"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
     def __post_init__(self):
@@ -651,13 +659,22 @@ class D2VLM(nn.Module):
             e = self.evi_head(h[evi_batch, evi_pred_pos])  # (N, D)
             scores, smask = self.similarity(e, f[evi_batch]), frame_mask[evi_batch]
             ground = self._grounding_loss(scores, smask, evi_frames, evi_role)
-            cons = (consistency_l1(e[evi_pairs[:, 0]], e[evi_pairs[:, 1]])
-                    if self.variant.consistency and evi_pairs is not None else zero)
+            cons = (self._consistency(e, scores, smask, evi_pairs)
+                    if self.variant.consistency and evi_pairs is not None and len(evi_pairs) else zero)
         else:
             e, scores = f.new_zeros(0, f.shape[-1]), f.new_zeros(0, T)
             smask, ground, cons = frame_mask.new_zeros(0, T), zero, zero
         total = text + self.cfg.grounding_weight * ground + self.cfg.consistency_weight * cons
         return D2Output(total, text, ground, cons, out.logits, scores, smask, e, f)
+
+    def _consistency(self, e, scores, smask, pairs) -> torch.Tensor:
+        """The consistency term between the grounding-stage and answer-stage ``<evi>`` of the same
+        event (``pairs`` (M, 2) into the batch's ``<evi>``), in the form ``cfg.consistency_form``."""
+        g, a = pairs[:, 0], pairs[:, 1]
+        form = self.cfg.consistency_form
+        if form == "scores":
+            return consistency_scores(scores[g], scores[a], smask[g], frame_level=self.variant.head == "frame")
+        return consistency_l1(e[g].detach() if form == "l1_detached" else e[g], e[a])
 
     def _grounding_loss(self, scores, smask, evi_frames, evi_role) -> torch.Tensor:
         if self.variant.head == "frame":

@@ -303,6 +303,36 @@ def render_response(token_ids_or_text, spans: Sequence, tokenizer=None, time_for
 
 
 # --- prompts and examples -------------------------------------------------------------------
+# Sentences that only tell the model how to format its answer (the Shapes templates and E.T. Bench's);
+# the "short" prompt drops them: the model learns the format from its targets.
+FORMAT_INSTRUCTIONS = ("Answer in the format", "Answer with", "The format should be", "Please answer in",
+                       "Your answer should")
+
+
+def short_question(question: str) -> str:
+    """``question`` without its answer-format instruction (everything from the first sentence that
+    starts with one of :data:`FORMAT_INSTRUCTIONS`); the question itself and any options stay.
+
+    >>> short_question("Find the moment in the video when the red circle grows. Answer in the format "
+    ...                "'The event happens in <start> - <end>', with times in seconds.")
+    'Find the moment in the video when the red circle grows.'
+    >>> short_question("Which shape grows? Options: (A) a (B) b. Answer with the best option.")
+    'Which shape grows? Options: (A) a (B) b.'
+    >>> short_question("When?")
+    'When?'
+    """
+    cut = min((i for i in (question.find(" " + p) for p in FORMAT_INSTRUCTIONS) if i >= 0), default=-1)
+    return question[:cut].rstrip() if cut > 0 else question
+
+
+def question_text(record_q: str, variant) -> str:
+    """The question a variant's prompt asks: the record's ``q`` (``variant.prompt`` "full") or without
+    its answer-format sentence ("short", :func:`short_question`), after the peers' additions
+    (:func:`d2lib.timerep.prompt_question`)."""
+    q = short_question(record_q) if getattr(variant, "prompt", "full") == "short" else record_q
+    return timerep.prompt_question(q, variant)
+
+
 def prompt_text(question: str) -> tuple[str, str]:
     """The chat prompt around the video placeholder: (before, after). The response follows."""
     before = f"{SYSTEM}\n{SYSTEM_PROMPT}{END}\n{USER}\n"
@@ -336,7 +366,7 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
     separators sit before the slots) and ``token_of_frame`` (n_frames,) the slot covering each second
     (absent for MovieChat: the model merges). NumPro's prompt line and text time formats apply here too.
     """
-    before, after = prompt_text(timerep.prompt_question(record["q"], variant))
+    before, after = prompt_text(question_text(record["q"], variant))
     video_id = tokenizer.convert_tokens_to_ids(VIDEO)
     ids = _ids(tokenizer, before)
     frame_start = len(ids)
