@@ -74,6 +74,8 @@ SET = [
     _rec("tvg", 0, [8, 10], "0 - 2 </evi> The event happens in 0 - 2 and 8 - 10.", source="shapes_dev"),
     _rec("tvg", 1, [8, 10], "11 - 8 </evi> The event happens in 8 - 11.", source="shapes_dev"),
     _rec("dvc", 0, [[5, 10]], "5 - 10 </evi> I cannot tell.", source="shapes_dev", g=["a man waits."]),
+    _rec("dvc", 1, DVC_GT, "0 - 10 </evi> 0 - 10, a man cuts onions. </evi> 20 - 30, he fries them.",
+         source="shapes_dev", g=DVC_G),
     _rec("rar", 0, None, "</evi> A blue circle, I think (B).", source="shapes_dev", o=OPTS, p=1),
 ]
 
@@ -105,9 +107,11 @@ PUBLISHED_D2VLM = {
     "tvg/shapes_dev": {"Total": 2, "Failed": 0, "mIoU": 0.8333333432674408, "mIoU_evi": 0.0, "F1@0.1": 1.0,
                        "F1@0.3": 1.0, "F1@0.5": 1.0, "F1@0.7": 0.5, "F1": 0.875, "F1_evi@0.1": 0.0,
                        "F1_evi@0.3": 0.0, "F1_evi@0.5": 0.0, "F1_evi@0.7": 0.0, "F1_evi": 0.0},
-    "dvc/shapes_dev": {"Total": 1, "Failed": 0, "F1@0.1": 1.0, "F1@0.3": 1.0, "F1@0.5": 1.0, "F1@0.7": 1.0,
-                       "F1": 1.0, "F1_evi@0.1": 1.0, "F1_evi@0.3": 1.0, "F1_evi@0.5": 1.0, "F1_evi@0.7": 1.0,
-                       "F1_evi": 1.0},
+    "dvc/shapes_dev": {"Total": 2, "Failed": 0, "F1@0.1": 0.8571428571428571, "F1@0.3": 0.8571428571428571,
+                       "F1@0.5": 0.8571428571428571, "F1@0.7": 0.8571428571428571, "F1": 0.8571428571428571,
+                       "F1_evi@0.1": 0.8571428571428571, "F1_evi@0.3": 0.8571428571428571,
+                       "F1_evi@0.5": 0.8571428571428571, "F1_evi@0.7": 0.8571428571428571,
+                       "F1_evi": 0.8571428571428571},
     "rar/shapes_dev": {"Total": 1, "Failed": 0, "Acc": 0.0},
 }
 COMPARED = ("Total", "Failed", "Acc", "mIoU", "mIoU_evi", "F1", "F1_evi", "mRec", "mRec_evi")
@@ -263,12 +267,17 @@ def test_d2vlm_difference_tvg_first_span_and_unordered_evidence(exported):
     assert_equal(M.etbench_task("tvg", emulated, evidence="d2vlm", arithmetic="float32"), theirs, "tvg/shapes_dev")
 
 
-def test_d2vlm_difference_dvc_fallback_reads_the_whole_text(exported):
-    """When the answer part has no "a - b", D²VLM's dvc line fallback searches the *whole* text, so the
-    evidence span "5 - 10" becomes an answer event; we read the answer part only (a failure)."""
+def test_d2vlm_difference_dvc_fallback_and_second_delimiter(exported):
+    """D²VLM's dvc reads the answer differently in two cases. Record 0: when the answer part has no
+    "a - b", its line fallback searches the *whole* text, so the evidence span "5 - 10" becomes an answer
+    event; we read the answer part only (a failure). Record 1: with a second ``</evi>`` its dvc answer is
+    the text between the first two delimiters (``split(delimiter)[1]``; its tvg takes the last part,
+    as we do everywhere)."""
     ours = score(exported, evidence="d2vlm")["dvc/shapes_dev"]
-    assert (ours["Failed"], ours["F1"], ours["F1_evi"]) == (1, 0.0, 0.0)
-    emulated = _dev(exported, "dvc", r0="5 - 10 </evi> 5 - 10, i cannot tell.")
+    # record 0 failed; record 1: answer [20, 30] (P 1, R 1/2), evidence [0, 10] (P 1, R 1/2); scale 1/2
+    assert ours["Failed"] == 1 and ours["F1"] == ours["F1_evi"] == pytest.approx(f1(1 / 2, 1 / 4))
+    emulated = _dev(exported, "dvc", r0="5 - 10 </evi> 5 - 10, i cannot tell.",
+                    r1="0 - 10 </evi> 0 - 10, a man cuts onions.")
     out = M.etbench_task("dvc", emulated, evidence="d2vlm", embed=None, captioner=None)
     assert_equal(out, PUBLISHED_D2VLM["dvc/shapes_dev"], "dvc/shapes_dev")
 

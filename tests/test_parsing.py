@@ -41,6 +41,7 @@ def test_parse_spans(text, spans, path):
         ("I cannot tell.", "none"),
         ("It starts at 5.", "none"),  # a single keyword time cannot make a span
         ("The event starts at 5 and ends at 9.", "none"),  # one sentence gives only its first time
+        (" The event happens in 14 - - 15.", "none"),  # "14 - - 15" is no range; one keyword time, no pair
     ],
 )
 def test_parse_spans_failures(text, path):
