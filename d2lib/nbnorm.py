@@ -6,6 +6,8 @@ Through nbformat (no text surgery), it
 - removes papermill's ``start_time``/``end_time``/``duration`` (notebook and cells) and Jupyter's
   ``execution`` timestamps from the metadata — the durations go to the timing log of the notebook
   (:mod:`d2lib.timing`, name = its stem), where ``python -m d2lib.bench`` reads them;
+- joins consecutive ``stdout`` chunks of a cell into one output (the kernel splits a stream where its
+  flush timer happens to fire);
 - moves the cells' ``stderr`` streams — progress bars with rates and elapsed times, warnings that
   name this machine's paths — to ``artifacts/logs/<stem>.stderr.txt``;
 - renames the ipywidgets model ids (random UUIDs) to ids numbered in order of appearance;
@@ -103,6 +105,9 @@ def normalize(nb) -> tuple[object, dict, str]:
                     if not stderr or stderr[-1][0] != i:
                         stderr.append((i, [f"--- cell {i}\n"]))
                     stderr[-1][1].append(out.get("text", ""))
+                elif out.get("output_type") == "stream" and kept and kept[-1].get("output_type") == "stream" \
+                        and kept[-1].get("name") == out.get("name"):
+                    kept[-1]["text"] += out.get("text", "")  # one stream, however the kernel's flushes split it
                 else:
                     kept.append(out)
             cell.outputs = kept

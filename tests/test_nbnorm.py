@@ -14,6 +14,7 @@ CELLS = [
     "from tqdm import tqdm\nfor _ in tqdm(range(3)):\n    time.sleep(0.01)",
     "import ipywidgets as w\nw.VBox([w.IntSlider(value=3), w.Label('x')])",
     "{'a': 1}",
+    "for i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)",  # three flushes: three chunks
 ]
 TIME_KEYS = {"start_time", "end_time", "duration", "execution"}
 
@@ -49,6 +50,7 @@ def test_two_executions_normalize_to_the_same_bytes_with_outputs_kept(tmp_path):
                        cwd=out.parent, check=True, capture_output=True)  # relative paths, as the stages give
         raw = json.loads(out.read_text())
         assert raw["metadata"]["papermill"]["duration"] and raw["cells"][0]["metadata"]["execution"]
+        assert len(raw["cells"][-1]["outputs"]) > 1  # the kernel sent the stream in chunks
         nbnorm.normalize_file(out, log_dir=tmp_path / run / "logs", timing_root=tmp_path / run / "timing")
         outs.append(out)
     a, b = (o.read_bytes() for o in outs)
@@ -58,7 +60,8 @@ def test_two_executions_normalize_to_the_same_bytes_with_outputs_kept(tmp_path):
     texts = [o for c in nb["cells"] for o in c["outputs"]]
     assert texts[0] == {"name": "stdout", "output_type": "stream", "text": ["hello 2\n"]}
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in texts)
-    assert texts[-1]["data"]["text/plain"] == ["{'a': 1}"]
+    assert texts[-2]["data"]["text/plain"] == ["{'a': 1}"]
+    assert texts[-1] == {"name": "stdout", "output_type": "stream", "text": ["0\n", "1\n", "2\n"]}
     assert not any(o.get("name") == "stderr" for o in texts)
     stderr = (tmp_path / "a" / "logs" / "lesson.stderr.txt").read_text()
     assert "started at" in stderr and "3/3" in stderr
