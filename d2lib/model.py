@@ -56,7 +56,11 @@ class Variant:
       over frames, one frame per token, so an event is a start and an end token), "none" (no heads,
       no ``<evi>``: times are text tokens);
     - ``injection``: add the span's frame states to each ``<evi>`` input embedding;
-    - ``consistency``: L1 between grounding-stage and answer-stage e_k of the same event;
+    - ``consistency``: tie the grounding-stage and answer-stage ``<evi>`` of the same event, in the form
+      ``consistency_form``: "l1" the paper's |e_ground − e_answer| on the raw features (both sides
+      trained), "l1_detached" |sg(e_ground) − e_answer| (only the answer stage follows the grounding
+      stage), "scores" |p_ground − p_answer| on the per-frame probabilities
+      (:func:`d2lib.losses.consistency_scores`);
     - ``prompt``: "full" asks the record's question as written; "short" drops its answer-format
       sentence (:func:`d2lib.tokens.short_question`) — fewer tokens between the question and the
       ``<evi>`` read-out; the format is learned from the targets.
@@ -75,6 +79,7 @@ class Variant:
     prefix: bool = True
     answer_evidence: Literal["evi", "text", "none"] = "evi"
     prompt: Literal["full", "short"] = "full"
+    consistency_form: Literal["l1", "l1_detached", "scores"] = "l1"
     head: Literal["span", "frame", "none"] = "span"
     injection: bool = True
     consistency: bool = True
@@ -180,10 +185,6 @@ class ModelConfig:
     decode_ratio: float = 0.6
     grounding_weight: float = 10.0
     consistency_weight: float = 10.0
-    # the form of the consistency term (lesson 04_sft_lora): "l1" the paper's |e_ground − e_answer| on the raw
-    # features (both sides trained); "l1_detached" |sg(e_ground) − e_answer| (only the answer stage follows the
-    # grounding stage); "scores" |p_ground − p_answer| on the per-frame probabilities (losses.consistency_scores)
-    consistency_form: Literal["l1", "l1_detached", "scores"] = "l1"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
     def __post_init__(self):
@@ -669,9 +670,9 @@ class D2VLM(nn.Module):
 
     def _consistency(self, e, scores, smask, pairs) -> torch.Tensor:
         """The consistency term between the grounding-stage and answer-stage ``<evi>`` of the same
-        event (``pairs`` (M, 2) into the batch's ``<evi>``), in the form ``cfg.consistency_form``."""
+        event (``pairs`` (M, 2) into the batch's ``<evi>``), in the variant's ``consistency_form``."""
         g, a = pairs[:, 0], pairs[:, 1]
-        form = self.cfg.consistency_form
+        form = getattr(self.variant, "consistency_form", "l1")
         if form == "scores":
             return consistency_scores(scores[g], scores[a], smask[g], frame_level=self.variant.head == "frame")
         return consistency_l1(e[g].detach() if form == "l1_detached" else e[g], e[a])
