@@ -115,18 +115,15 @@ def repro_run(path: Path | None = None) -> dict | None:
 
 
 def missing_work(stages: dict, studies: dict[str, dict], lessons: list[str]) -> list[str]:
-    """What a budget verdict would leave out: lessons with no measured time, configured cells with none,
-    aggregates that did not run. A verdict over a pipeline that did not run is no verdict.
+    """What a budget verdict would leave out: lessons (``dvc.yaml``'s papermill stages) with no measured
+    time and configured cells with none. A verdict over a pipeline that did not run is no verdict.
 
-    >>> missing_work({"01_video_data": 5.0}, {"ablation": {"missing": ["full/0"], "aggregate_ran": True}},
-    ...              ["01_video_data", "03_align"])
+    >>> missing_work({"01_video_data": 5.0}, {"ablation": {"missing": ["full/0"]}}, ["01_video_data", "03_align"])
     ['lesson 03_align', 'ablation cell full/0']
     """
     out = [f"lesson {nb}" for nb in lessons if nb not in stages]
     for study, t in studies.items():
         out += [f"{study} cell {c}" for c in t.get("missing", [])]
-        if not t.get("aggregate_ran", True):
-            out.append(f"{study} aggregate")
     return out
 
 
@@ -140,8 +137,9 @@ def pipeline_times() -> dict:
     time of plain ``dvc repro`` (one stage after another). ``make repro`` runs stages side by side, so
     its wall time is less than the sum. The 45-minute verdict uses the wall time of the last complete
     ``make repro`` when there is one (``with_peers_basis`` says which); the 30-minute one always uses
-    the sum. A verdict is ``None`` (refused) while a lesson, cell or aggregate it covers has no measured
-    time (``missing`` lists them): the budget of a pipeline that did not run is not met."""
+    the sum. A verdict is ``None`` (refused) while a lesson or cell it covers has no measured time
+    (``missing`` lists them), and ``False`` when no lesson has one: the budget of a pipeline that did not
+    run is not met."""
     stages = stage_times()
     abl, peers = cell_times("ablation"), cell_times("peers")
     try:
@@ -155,13 +153,14 @@ def pipeline_times() -> dict:
     total = round(sum(stages.values()) + abl["total_s"] + peers["total_s"], 1)
     run = repro_run()
     wall, basis = (run["wall_s"], "make repro wall time") if run and run.get("complete") else (total, "sum of stage times")
-    if not stages:
-        missing_core = missing_all = missing_all or ["every lesson"]
+    def verdict(missing: list, seconds: float, budget: float) -> bool | None:
+        return None if missing and stages else bool(stages) and seconds <= budget
+
     return {"stages_s": stages, "ablation": abl, "peers": peers, "without_peers_s": core,
             "pipeline_total_s": total, "make_repro": run, "missing": missing_all, "budget_s": BUDGET_S,
-            "budget_met": None if missing_core else core <= BUDGET_S,
+            "budget_met": verdict(missing_core, core, BUDGET_S),
             "budget_with_peers_s": BUDGET_WITH_PEERS_S, "with_peers_s": wall, "with_peers_basis": basis,
-            "budget_with_peers_met": None if missing_all else wall <= BUDGET_WITH_PEERS_S}
+            "budget_with_peers_met": verdict(missing_all, wall, BUDGET_WITH_PEERS_S)}
 
 
 def decode_throughput(n_videos: int = 16, size: int = 32) -> dict:
