@@ -1,12 +1,33 @@
-"""Figures for the lessons (seaborn/matplotlib; DVC's HTML plots would need a CDN).
+"""Figures for the lessons (seaborn/matplotlib; ``dvc plots show`` draws the pipeline's CSVs as vega).
 
 Frame strips and span timelines first appear in lesson ``01_video_data``; heat-maps in
 ``02_model``; loss curves in ``03_align``/``04_sft_lora``; result bars in ``06_evaluation``.
 Every function draws on a given ``ax`` (or makes one) and returns the figure or axes, so the
 widgets of ``d2lib.widgets`` can redraw them.
+
+**One colour per variant.** :data:`VARIANT_COLORS` fixes the colour of every ablation row and peer
+system by its name, and :func:`variant_color` is the one lookup the lessons, the explorer, the DVC
+plot template (``.dvc/plots/variant_bars.json``) and the book use: a variant keeps its colour whatever
+else is selected. Ground truth is :data:`GT_COLOR`.
+
+>>> variant_color("factorized") == variant_color("factorized") == VARIANT_COLORS["factorized"]
+True
+>>> variant_color("full (+consistency)") == VARIANT_COLORS["full"]  # a label resolves to its row
+True
+
+**Intervals that stay in the metric's range.** :func:`logit_t_interval` is the t-interval over seeds
+computed on the logit scale of the metric's range and mapped back, so a score in [0, 1] never gets an
+interval below 0 or above 1 (the plain t-interval of 3 seeds can):
+
+>>> ci = logit_t_interval([0.0, 0.02, 0.3])
+>>> 0.0 <= ci.low <= ci.estimate <= ci.high <= 1.0
+True
 """
 from __future__ import annotations
 
+import math
+import sys
+import zlib
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -16,6 +37,106 @@ import seaborn as sns
 from .spans import format_span
 
 PALETTE = sns.color_palette("colorblind")
+
+# --- one colour per variant ------------------------------------------------------------------------
+GT_COLOR = "#3c3c3c"
+# Ablation rows: seaborn's colour-blind palette (its grey is left for nothing else); peer systems:
+# seaborn's "dark" palette. Keyed by the row's params name (d2lib.ablation / d2lib.peers).
+VARIANT_COLORS = {
+    "coupled": "#ca9161",
+    "factorized": "#de8f05",
+    "factorized_interleaved": "#ece133",
+    "full": "#0173b2",
+    "full_dpo": "#56b4e9",
+    "full_fpo": "#029e73",
+    "no_visual_injection": "#cc78bc",
+    "frame_level": "#d55e00",
+    "text_timestamps": "#fbafe4",
+    "univtg": "#001c7f",
+    "numpro": "#b1400d",
+    "timemarker": "#12711c",
+    "timechat": "#8c0800",
+    "vtimellm": "#591e71",
+    "vtgllm": "#592f0d",
+    "diff_fp": "#a23582",
+    "moviechat": "#b8850a",
+    "stc": "#006374",
+}
+_FALLBACK = sns.color_palette("husl", 24).as_hex()
+
+
+def _row_name(name: str) -> str:
+    """The row (params name) a shown label stands for; ``name`` itself when it is no known label."""
+    if name in VARIANT_COLORS:
+        return name
+    from . import ablation
+
+    tables = [ablation.LABELS]
+    peers = sys.modules.get("d2lib.peers")  # imports torch: used only when the caller has loaded it
+    if peers is not None:
+        tables.append(peers.LABELS)
+    for labels in tables:
+        for row, label in labels.items():
+            if label == name:
+                return row
+    return name
+
+
+def variant_color(name: str) -> str:
+    """The colour (hex) of a variant, by its row name or its label; ``"GT"`` → :data:`GT_COLOR`. A name
+    not in :data:`VARIANT_COLORS` gets a fixed colour from its CRC32 — never from its position."""
+    if name in ("GT", "ground truth"):
+        return GT_COLOR
+    row = _row_name(name)
+    if row in VARIANT_COLORS:
+        return VARIANT_COLORS[row]
+    return _FALLBACK[zlib.crc32(row.encode()) % len(_FALLBACK)]
+
+
+def variant_palette(names: Sequence[str]) -> dict[str, str]:
+    """``{name: colour}`` for seaborn's ``palette=`` (and matplotlib ``color=[...]``)."""
+    return {n: variant_color(n) for n in names}
+
+
+def is_variant(name: str) -> bool:
+    return name in ("GT", "ground truth") or _row_name(name) in VARIANT_COLORS
+
+
+# --- intervals within the metric's range ---------------------------------------------------------
+# Scores are fractions in [0, 1] unless listed here.
+METRIC_RANGES = {"youcook2.CIDEr": (0.0, 10.0), "Sim(cap)": (-1.0, 1.0)}
+
+
+def metric_range(metric: str | None) -> tuple[float, float]:
+    return METRIC_RANGES.get(metric or "", (0.0, 1.0))
+
+
+def logit_t_interval(values: Sequence[float], level: float = 0.95, lo: float = 0.0, hi: float = 1.0,
+                     eps: float = 1e-3):
+    """t-interval over ``values`` (e.g. one score per seed) on the logit scale of ``[lo, hi]``.
+
+    Each value is rescaled to ``u = (x − lo)/(hi − lo)``, clipped to ``[eps, 1 − eps]`` (a score of
+    exactly 0 or 1 counts as 0.001 or 0.999 of the range), mapped to ``logit(u)``; the interval is
+    mean ± t₍ₙ₋₁₎·sd/√n there, mapped back. The estimate is the plain mean of ``values`` (what tables
+    show); where it falls outside the back-mapped interval (skewed seeds) the interval is widened to
+    include it. One value: no interval (NaN). Returns a :class:`d2lib.stats.CI` (``n_boot`` = 0).
+    """
+    from scipy import stats as sps
+
+    from .stats import CI
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return CI(math.nan, math.nan, math.nan, level, 0, 0)
+    mean = float(x.mean())
+    if x.size < 2:
+        return CI(mean, math.nan, math.nan, level, 1, 0)
+    u = np.clip((x - lo) / (hi - lo), eps, 1 - eps)
+    z = np.log(u / (1 - u))
+    half = float(sps.t.ppf((1 + level) / 2, x.size - 1) * z.std(ddof=1) / math.sqrt(x.size))
+    back = lambda v: lo + (hi - lo) / (1 + math.exp(-v))  # noqa: E731
+    low, high = back(z.mean() - half), back(z.mean() + half)
+    return CI(mean, min(low, mean), max(high, mean), level, int(x.size), 0)
 
 
 def frame_strip(frames: np.ndarray, seconds: Sequence[float] | None = None, max_frames: int = 16,
@@ -50,7 +171,8 @@ def timeline(tracks: Mapping[str, Sequence[Sequence[float]]], duration: float, a
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 0.8))
     for row, name in enumerate(names):
-        colour = PALETTE[row % len(PALETTE)]
+        # variants and GT keep their colour whatever else is drawn; other lanes by position
+        colour = variant_color(name) if is_variant(name) else PALETTE[row % len(PALETTE)]
         for j, span in enumerate(tracks[name] or []):
             s, e = float(span[0]), float(span[1])
             ax.barh(row, max(e - s, 0.3), left=s, height=0.6, color=colour, alpha=0.8)
@@ -68,9 +190,9 @@ def timeline(tracks: Mapping[str, Sequence[Sequence[float]]], duration: float, a
 
 
 def video_card(frames: np.ndarray, tracks: Mapping[str, Sequence[Sequence[float]]], duration: float,
-               labels=None, title: str | None = None):
-    """A frame strip above a span timeline for one video; returns the figure."""
-    fig, (a0, a1) = plt.subplots(2, 1, figsize=(12, 1.8 + 0.45 * len(tracks) + 0.8),
+               labels=None, title: str | None = None, width: float = 12.0):
+    """A frame strip above a span timeline for one video (``width`` in inches); returns the figure."""
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=(width, 1.8 + 0.45 * len(tracks) + 0.8),
                                  gridspec_kw={"height_ratios": [1.6, 0.45 * len(tracks) + 0.8]})
     frame_strip(frames, ax=a0, title=title)
     timeline(tracks, duration, ax=a1, labels=labels)
@@ -120,9 +242,9 @@ def _interval(d, kind: str = "t"):
 
 
 def _yerr(mean, lo, hi):
-    """Error-bar lengths from an interval; NaN (one seed) draws no bar."""
-    low = np.where(np.isfinite(lo), mean - lo, 0.0)
-    high = np.where(np.isfinite(hi), hi - mean, 0.0)
+    """Error-bar lengths from an interval; NaN (one seed) draws no bar, never a negative length."""
+    low = np.where(np.isfinite(lo), np.maximum(mean - lo, 0.0), 0.0)
+    high = np.where(np.isfinite(hi), np.maximum(hi - mean, 0.0), 0.0)
     return np.vstack([low, high])
 
 
@@ -142,7 +264,7 @@ def metric_bars(table, metrics: Sequence[str], rows: Sequence[str], ax=None, lab
         d = table[table["row"] == row].set_index("metric").reindex(list(metrics))
         mean, lo, hi = _interval(d, interval)
         pos = x + (j - (len(rows) - 1) / 2) * width
-        ax.bar(pos, np.nan_to_num(mean), width, label=labels.get(row, row), color=PALETTE[j % len(PALETTE)])
+        ax.bar(pos, np.nan_to_num(mean), width, label=labels.get(row, row), color=variant_color(row))
         ax.errorbar(pos, mean, yerr=_yerr(mean, lo, hi), fmt="none", ecolor="k", lw=0.8, capsize=2)
     ax.set_xticks(x)
     ax.set_xticklabels(list(metrics), fontsize=8, rotation=20 if len(metrics) > 4 else 0)
@@ -181,17 +303,41 @@ def cumulative_ablation(table, chain: Sequence[str], metrics: Sequence[str] = ("
     return fig
 
 
+def seed_intervals(per_seed, metric: str, rows: Sequence[str], level: float = 0.95):
+    """(mean, low, high) arrays (fractions) of ``metric`` per row: the mean over seeds and the
+    :func:`logit_t_interval` over seeds in :func:`metric_range` (``per_seed``: long DataFrame ``row,
+    seed, metric, value`` of :func:`d2lib.ablation.cells_frame`)."""
+    lo_r, hi_r = metric_range(metric)
+    out = []
+    for row in rows:
+        v = per_seed[(per_seed["row"] == row) & (per_seed["metric"] == metric)]["value"].dropna()
+        ci = logit_t_interval(v.to_numpy(float), level, lo_r, hi_r)
+        out.append((ci.estimate, ci.low, ci.high))
+    a = np.array(out, dtype=float).reshape(len(rows), 3)
+    return a[:, 0], a[:, 1], a[:, 2]
+
+
+_INTERVAL_NAMES = {"t": "t-interval over seeds", "logit_t": "t over seeds, logit scale",
+                   "boot": "bootstrap over videos (percentile)"}
+
+
 def row_bars(table, per_seed, metric: str, rows: Sequence[str], ax=None, labels: Mapping[str, str] | None = None,
-             interval: str = "t", title: str | None = None):
+             interval: str = "t", title: str | None = None, level: float = 0.95):
     """One bar per row for one metric: mean ×100 with its interval and each seed's value as a dot
-    (``per_seed``: long DataFrame ``row, seed, metric, value`` of :func:`d2lib.ablation.cells_frame`)."""
+    (``per_seed``: long DataFrame ``row, seed, metric, value`` of :func:`d2lib.ablation.cells_frame`).
+    Each bar has its variant's colour (:func:`variant_color`). ``interval``: ``"t"`` (the table's
+    t-interval over seeds), ``"logit_t"`` (:func:`seed_intervals`: t over seeds on the logit scale, within
+    the metric's range) or ``"boot"`` (the table's bootstrap over test videos, percentile)."""
     labels = labels or {}
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4, 1.1 * len(rows)), 3.2))
-    d = table[table["metric"] == metric].set_index("row").reindex(list(rows))
-    mean, lo, hi = _interval(d, interval)
+    if interval == "logit_t":
+        mean, lo, hi = (100 * a for a in seed_intervals(per_seed, metric, rows, level))
+    else:
+        d = table[table["metric"] == metric].set_index("row").reindex(list(rows))
+        mean, lo, hi = _interval(d, interval)
     x = np.arange(len(rows))
-    ax.bar(x, np.nan_to_num(mean), 0.6, color=[PALETTE[j % len(PALETTE)] for j in range(len(rows))], alpha=0.85)
+    ax.bar(x, np.nan_to_num(mean), 0.6, color=[variant_color(r) for r in rows], alpha=0.85)
     ax.errorbar(x, mean, yerr=_yerr(mean, lo, hi), fmt="none", ecolor="k", lw=1, capsize=3)
     if per_seed is not None and len(per_seed):
         for j, row in enumerate(rows):
@@ -201,6 +347,8 @@ def row_bars(table, per_seed, metric: str, rows: Sequence[str], ax=None, labels:
     ax.set_xticks(x)
     ax.set_xticklabels([labels.get(r, r) for r in rows], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(f"{metric} ×100")
-    ax.set_title(title or f"{metric}: mean ± {'t-interval over seeds' if interval == 't' else 'bootstrap over videos'}",
-                 fontsize=9)
+    lo_r, hi_r = metric_range(metric)
+    if lo_r == 0.0:
+        ax.set_ylim(bottom=0)
+    ax.set_title(title or f"{metric}: mean ± {_INTERVAL_NAMES.get(interval, interval)}", fontsize=9)
     return ax

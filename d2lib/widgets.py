@@ -4,20 +4,38 @@
 ``records.csv`` under ``artifacts/ablation/<row>/<seed>/`` and the test frame cache of stage
 ``prepare`` — and never trains:
 
-* choose **variants**, **seeds**, a **task** and one of its **metrics** (and the interval: t over the
-  chosen seeds, or bootstrap over test videos) → the table (mean, interval, each seed) and the bar chart
-  update;
+* choose **variants**, **seeds**, a **task** and one of its **metrics** (and the interval) → the table
+  (mean, interval, each seed) and the bar chart update;
 * choose a **test video** and one of its queries of that task → a frame strip above a timeline with
-  the ground truth and each chosen variant's predicted spans (for the chosen timeline seed).
+  the ground truth and each chosen variant's predicted spans (for the chosen timeline seed); the full
+  query text is shown above the figure.
+
+Intervals stay inside the metric's range (:func:`d2lib.plots.metric_range`; [0, 1] for fractions):
+
+* **t over seeds, logit scale** (default) — :func:`d2lib.plots.logit_t_interval`: how much the number
+  moves when the training is repeated; the plain t-interval of 3 seeds runs below 0 near 0;
+* **bootstrap over test videos** — the percentile interval of :func:`d2lib.ablation.video_bootstrap`
+  (a quantile of resampled means of per-record scores, so inside the scores' range).
+
+It fits the page: the figures are drawn at most :data:`OUTPUT_WIDTH_PX` pixels wide (JupyterLab 4's
+output area at a 1280×720 window with the default layout, measured in Chromium) and shown with
+``max-width: 100%``, so every bar stays visible in a narrower output area too. Each variant has one
+colour, :func:`d2lib.plots.variant_color`, whatever is selected.
 
 Figures are rendered to PNG into ``Image`` widgets and the table to an ``HTML`` widget, so the state
 (:attr:`AblationExplorer.table`, :attr:`~AblationExplorer.figure`, :attr:`~AblationExplorer.card`) can be
 checked without a browser — ``tests/test_widgets.py`` sets widget values and asserts that they change.
+Displayed, the explorer also carries a static HTML snapshot (table, chart, video card) for places
+without a kernel (nbviewer, the book): :meth:`AblationExplorer.snapshot_html`.
 """
 from __future__ import annotations
 
+import base64
+import functools
+import html
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -26,6 +44,13 @@ import numpy as np
 from . import ablation, plots
 
 TASKS = ("merged", "tvg", "tal", "dvc", "rar", "gvq")
+DPI = 90
+# JupyterLab 4.6's notebook output area is 833 px wide in a 1280×720 Chromium window with the default
+# layout (file browser open); tests/test_widgets.py measures it again when a browser is installed.
+OUTPUT_WIDTH_PX = 833
+CHART_SIZE_IN = (6.4, 3.6)  # 576 × 324 px
+CARD_WIDTH_IN = 9.0  # 810 px
+INTERVALS = (("t over seeds, logit scale", "logit_t"), ("bootstrap over test videos (percentile)", "boot"))
 
 
 def scan_cells(root: str | Path | None = None) -> dict:
@@ -50,12 +75,19 @@ def _order(rows: Sequence[str]) -> list[str]:
 
 
 def _png(fig) -> bytes:
+    """The figure as PNG at :data:`DPI`, its full canvas (no tight bounding box: the width stays the
+    one it was laid out for)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=DPI)
     plt.close(fig)
     return buf.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG (read from its IHDR chunk)."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def _spans(x) -> list:
@@ -89,21 +121,24 @@ class AblationExplorer:
         self.card_tracks: dict = {}
 
         lay = W.Layout(width="auto")
+        fit = dict(max_width="100%", height="auto")  # an image never wider than the output area
         self.variants = W.SelectMultiple(options=[(ablation.label(r), r) for r in rows], value=tuple(rows),
                                          rows=min(len(rows), 9), description="variants", layout=lay)
         self.seeds = W.SelectMultiple(options=seeds, value=tuple(seeds), rows=min(len(seeds), 5),
                                       description="seeds", layout=lay)
         self.task = W.Dropdown(options=list(TASKS), value="merged", description="task")
         self.metric = W.Dropdown(options=self._metric_options("merged"), description="metric")
-        self.interval = W.ToggleButtons(options=[("t over seeds", "t"), ("bootstrap over videos", "boot")],
-                                        value="t", description="interval")
-        self.table_html = W.HTML()
-        self.chart = W.Image(format="png")
+        self.interval = W.ToggleButtons(options=list(INTERVALS), value="logit_t", description="interval",
+                                        style={"button_width": "auto"})
+        self.table_html = W.HTML(layout=W.Layout(max_width="100%", overflow="auto"))
+        self.chart = W.Image(format="png", layout=W.Layout(**fit))
         videos = sorted(self.records["video"].unique()) if len(self.records) else []
         self.video = W.Dropdown(options=videos, value=videos[0] if videos else None, description="test video")
-        self.query = W.Dropdown(options=[], description="query")
+        # the full query text: a full-width menu, and the chosen query as wrapping text below it
+        self.query = W.Dropdown(options=[], description="query", layout=W.Layout(width="100%"))
+        self.query_text = W.HTML(layout=W.Layout(width="100%"))
         self.timeline_seed = W.Dropdown(options=seeds, value=seeds[0], description="seed")
-        self.card_image = W.Image(format="png")
+        self.card_image = W.Image(format="png", layout=W.Layout(**fit))
         self.status = W.HTML()
 
         self._quiet = False  # set while one handler updates several widgets (one redraw at the end)
@@ -148,7 +183,11 @@ class AblationExplorer:
         ps = self.per_seed[self.per_seed["seed"].isin(seeds) & self.per_seed["row"].isin(rows)]
         rec = self.records[self.records["seed"].isin(seeds)] if len(self.records) else self.records
         t = ablation.summarize(ps, rec, self.level, self.n_boot, rows=rows, metrics=[metric])
-        lo, hi = ("low", "high") if self.interval.value == "t" else ("boot_low", "boot_high")
+        if self.interval.value == "logit_t":
+            _, t["low"], t["high"] = plots.seed_intervals(ps, metric, rows, self.level)
+            lo, hi = "low", "high"
+        else:
+            lo, hi = "boot_low", "boot_high"
         table = t.set_index("label")[["mean", lo, hi, "n"]].rename(columns={lo: "low", hi: "high", "n": "seeds"})
         table[["mean", "low", "high"]] *= 100
         for s in seeds:
@@ -157,12 +196,14 @@ class AblationExplorer:
         if metric in ablation.CLAIM_METRICS:
             table["paper"] = [ablation.PAPER.get(r, {}).get(metric, np.nan) for r in rows]
         self.table = table.round(1)
-        what = "t-interval over the chosen seeds" if self.interval.value == "t" else \
-            f"bootstrap over test videos ({self.n_boot} resamples)"
-        self.table_html.value = (f"<b>{metric}</b> ×100 — mean and {100 * self.level:.0f}% {what}"
+        what = ("t-interval over the chosen seeds on the logit scale of the metric's range"
+                if self.interval.value == "logit_t" else
+                f"percentile bootstrap over test videos ({self.n_boot} resamples)")
+        self.table_html.value = (f"<b>{html.escape(metric)}</b> ×100 — mean and {100 * self.level:.0f}% {what}"
                                  + self.table.to_html(na_rep="—", float_format=lambda x: f"{x:.1f}"))
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.0 * len(rows) + 1.5), 3.4))
-        plots.row_bars(t, ps, metric, rows, ax=ax, labels=ablation.LABELS, interval=self.interval.value)
+        fig, ax = plt.subplots(figsize=CHART_SIZE_IN)
+        plots.row_bars(t, ps, metric, rows, ax=ax, labels=ablation.LABELS, interval=self.interval.value,
+                       level=self.level)
         fig.tight_layout()
         self.figure = fig
         self.chart.value = _png(fig)
@@ -184,7 +225,7 @@ class AblationExplorer:
         task = self._timeline_task()
         d = self.records[(self.records["video"] == self.video.value) & (self.records["task"] == task)]
         idxs = sorted({int(i) for i in d["idx"]})
-        opts = [(f"{task} #{i}: {self.queries.get((task, i), '')}"[:90], i) for i in idxs]
+        opts = [(f"{task} #{i}: {self.queries.get((task, i), '')}", i) for i in idxs]
         self._quiet = True
         try:
             self.query.options = opts
@@ -213,6 +254,7 @@ class AblationExplorer:
         task = self._timeline_task()
         if video is None or idx is None:
             self.card, self.card_tracks = None, {}
+            self.query_text.value = ""
             self.status.value = f"<i>no {task} record in this video</i>"
             return
         d = self.records[(self.records["video"] == video) & (self.records["task"] == task)
@@ -230,21 +272,66 @@ class AblationExplorer:
             tracks[ablation.label(r)] = _spans(x.iloc[0]["pred"])
         self.card_tracks = tracks
         q = self.queries.get((task, int(idx)), "")
+        self.query_text.value = (f"<b>{task} #{idx}</b>: " + html.escape(q)) if q else f"<b>{task} #{idx}</b>"
         title = f"{video} — {task} #{idx}" + (f': "{q}"' if q else "") + f" (seed {seed})"
-        fig = plots.video_card(self.frames(video), tracks, float(d.iloc[0]["duration"]), title=title)
+        title = "\n".join(textwrap.wrap(title, 110))  # the whole query, on as many lines as it needs
+        fig = plots.video_card(self.frames(video), tracks, float(d.iloc[0]["duration"]), title=title,
+                               width=CARD_WIDTH_IN)
         self.card = fig
         self.card_image.value = _png(fig)
         self.status.value = "; ".join(notes)
 
     # ---------------------------------------------------------------- layout
     def widget(self):
-        """The explorer as one ipywidgets box (display it in a notebook)."""
+        """The explorer as one ipywidgets box (display it in a notebook). Rows wrap in a narrow output
+        area; the table sits above the chart. Displayed, the box also carries :meth:`snapshot_html`."""
         import ipywidgets as W
 
-        controls = W.HBox([self.variants, self.seeds, W.VBox([self.task, self.metric, self.interval])])
-        video = W.HBox([self.video, self.query, self.timeline_seed])
-        return W.VBox([controls, W.HBox([self.table_html, self.chart]), W.HTML("<hr>"), video, self.status,
-                       self.card_image])
+        wrap = W.Layout(flex_flow="row wrap", max_width="100%")
+        controls = W.HBox([self.variants, self.seeds, W.VBox([self.task, self.metric, self.interval])], layout=wrap)
+        video = W.HBox([self.video, self.timeline_seed], layout=wrap)
+        box = _ExplorerBox([controls, self.table_html, self.chart, W.HTML("<hr>"), video, self.query,
+                            self.query_text, self.status, self.card_image],
+                           layout=W.Layout(max_width="100%"))
+        box._explorer = self
+        return box
+
+    def snapshot_html(self) -> str:
+        """A static HTML view of the current state — the table, the bar chart and the video card as
+        inline PNGs — for renderers without a kernel (the book shows it in place of the widget)."""
+        def img(png, alt):
+            if not png:
+                return ""
+            data = base64.b64encode(png).decode()
+            return f'<img alt="{alt}" style="max-width:100%;height:auto" src="data:image/png;base64,{data}">'
+
+        parts = ['<div class="d2lib-explorer-snapshot">',
+                 "<p><i>Static snapshot of the ablation explorer (run the notebook to explore).</i></p>",
+                 self.table_html.value, img(self.chart.value, "ablation bars"),
+                 f"<p>{self.query_text.value}</p>", img(self.card_image.value, "video card"), "</div>"]
+        return "\n".join(p for p in parts if p)
+
+
+@functools.lru_cache(maxsize=None)
+def _explorer_box_class():
+    import ipywidgets as W
+
+    class ExplorerBox(W.VBox):
+        """The explorer's VBox; its display data adds ``text/html`` (the explorer's static snapshot), which
+        JupyterLab ignores in favour of the live widget and kernel-less renderers show."""
+
+        def _repr_mimebundle_(self, **kwargs):
+            data = super()._repr_mimebundle_(**kwargs)
+            ex = getattr(self, "_explorer", None)
+            if ex is not None and isinstance(data, dict):
+                data = {**data, "text/html": ex.snapshot_html()}
+            return data
+
+    return ExplorerBox
+
+
+def _ExplorerBox(*args, **kw):
+    return _explorer_box_class()(*args, **kw)
 
 
 def ablation_explorer(root: str | Path | None = None, **kw):
@@ -253,4 +340,5 @@ def ablation_explorer(root: str | Path | None = None, **kw):
     return ex, ex.widget()
 
 
-__all__ = ["TASKS", "scan_cells", "AblationExplorer", "ablation_explorer"]
+__all__ = ["TASKS", "OUTPUT_WIDTH_PX", "INTERVALS", "scan_cells", "png_size", "AblationExplorer",
+           "ablation_explorer"]

@@ -1,20 +1,42 @@
-"""d2lib.widgets, headless: set the explorer's widget values and check that its table and figures change.
-The explorer reads cell files only (fake cells here) and a frame mapping — no training, no browser."""
+"""d2lib.widgets, headless: set the explorer's widget values and check that its table and figures change,
+that it fits JupyterLab's output area, that a variant keeps its colour whatever is selected, that its
+intervals stay inside the metric's range and that the whole query text is shown. The explorer reads cell
+files only (fake cells here) and a frame mapping — no training. One check measures JupyterLab's output
+area in headless Chromium (skipped when no browser is installed)."""
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 from ablation_fixture import fake_cells, fake_records
-from d2lib import widgets
+from d2lib import ablation, plots, widgets
+
+ALL_ROWS = {"coupled": [0.1, 0.2, 0.3], "factorized": [0.6, 0.7, 0.8], "full": 0.9}
+LONG_QUERY = ("the small red circle that was hiding behind the big blue square slides slowly to the left "
+              "while the yellow triangle keeps spinning in the top right corner of the frame")
 
 
 @pytest.fixture(scope="module")
 def explorer(tmp_path_factory):
     root = tmp_path_factory.mktemp("abl")
     records, metas = fake_records(n_videos=3)
-    fake_cells(root, {"coupled": [0.1, 0.2, 0.3], "factorized": [0.6, 0.7, 0.8], "full": 0.9}, records=records)
+    fake_cells(root, ALL_ROWS, records=records)
     frames = {v: np.full((int(m["duration"]), 8, 8, 3), 40 * k, np.uint8) for k, (v, m) in enumerate(metas.items())}
     queries = {("tvg", r["idx"]): r["g"][0] for r in records if r["task"] == "tvg"}
+    first_tvg = min(i for t, i in queries)
+    queries[("tvg", first_tvg)] = LONG_QUERY
     return widgets.AblationExplorer(root, frames=frames, queries=queries, n_boot=50)
+
+
+@pytest.fixture(scope="module")
+def nine_rows(tmp_path_factory):
+    """Every ablation row, scores close to 0 and 1 (where plain t-intervals leave [0, 1])."""
+    root = tmp_path_factory.mktemp("abl9")
+    records, metas = fake_records(n_videos=3)
+    rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE)]
+    quality = {r: ([0.0, 0.0, 0.35] if k % 2 == 0 else [1.0, 1.0, 0.6]) for k, r in enumerate(rows)}
+    fake_cells(root, quality, records=records)
+    frames = {v: np.zeros((int(m["duration"]), 8, 8, 3), np.uint8) for v, m in metas.items()}
+    return widgets.AblationExplorer(root, frames=frames, queries={}, n_boot=50)
 
 
 def test_initial_state_shows_every_row_and_seed(explorer):
@@ -26,6 +48,7 @@ def test_initial_state_shows_every_row_and_seed(explorer):
     assert len(ex.figure.axes[0].patches) == 3  # one bar per variant
     assert ex.card is not None and ex.card_image.value[:4] == b"\x89PNG"
     assert list(ex.card_tracks) == ["GT", "coupled", "factorized", "full (+consistency)"]
+    assert ex.interval.value == "logit_t" and "logit" in ex.table_html.value
 
 
 def test_variant_seed_metric_and_interval_choices_update_table_and_chart(explorer):
@@ -38,10 +61,11 @@ def test_variant_seed_metric_and_interval_choices_update_table_and_chart(explore
     assert (ex.table["seeds"] == 2).all() and "seed 2" not in ex.table.columns
     assert ex.table.loc["coupled", "mean"] == pytest.approx((table.loc["coupled", "seed 0"] + table.loc["coupled", "seed 1"]) / 2, abs=0.06)
     ex.seeds.value = (0,)
-    assert np.isnan(ex.table.loc["coupled", "low"])  # one seed: no t-interval…
+    assert np.isnan(ex.table.loc["coupled", "low"])  # one seed: no interval over seeds…
     ex.interval.value = "boot"
     assert np.isfinite(ex.table.loc["coupled", "low"])  # …but the test-video bootstrap still has one
-    ex.interval.value = "t"
+    assert "percentile bootstrap" in ex.table_html.value
+    ex.interval.value = "logit_t"
     ex.seeds.value = (0, 1, 2)
     # task → its metrics; metric → the table and chart follow
     ex.task.value = "gvq"
@@ -79,4 +103,112 @@ def test_video_and_query_choices_redraw_the_timeline(explorer):
     ex.task.value = "tal"  # the timeline follows the task: tal records have several GT spans
     assert all(o[0].startswith("tal #") for o in ex.query.options)
     box = ex.widget()
-    assert len(box.children) == 6
+    assert ex.chart in box.children and ex.card_image in box.children and ex.query_text in box.children
+    ex.variants.value = ("coupled", "factorized", "full")
+    ex.task.value = "merged"
+
+
+def test_the_full_query_text_is_shown(explorer):
+    ex = explorer
+    ex.task.value = "tvg"
+    ex.video.value = ex.video.options[0]
+    label = dict((v, k) for k, v in ex.query.options)[ex.query.value]
+    assert label.endswith(LONG_QUERY)  # the menu entry is not cut…
+    assert ex.query.layout.width == "100%"  # …and the menu spans the output area
+    assert LONG_QUERY in ex.query_text.value  # the chosen query as wrapping text
+    assert LONG_QUERY.split()[-1] in ex.card.axes[0].get_title()  # and in the card's (wrapped) title
+    ex.task.value = "merged"
+
+
+def test_figures_fit_the_output_area(nine_rows):
+    """Every figure is drawn no wider than JupyterLab's output area and shown with max-width 100%."""
+    ex = nine_rows
+    assert len(ex.figure.axes[0].patches) == 9  # all nine rows drawn
+    for png, image in ((ex.chart.value, ex.chart), (ex.card_image.value, ex.card_image)):
+        width, _ = widgets.png_size(png)
+        assert 300 < width <= widgets.OUTPUT_WIDTH_PX
+        assert image.layout.max_width == "100%" and image.layout.height == "auto"
+    fig_w = ex.figure.get_size_inches()[0] * widgets.DPI
+    assert fig_w <= widgets.OUTPUT_WIDTH_PX
+    # every bar and its tick label lie inside the figure (nothing clipped at the right edge)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(ex.figure)
+    canvas.draw()
+    right = ex.figure.bbox.width
+    for artist in [*ex.figure.axes[0].patches, *ex.figure.axes[0].get_xticklabels()]:
+        box = artist.get_window_extent(canvas.get_renderer())
+        assert box.x0 >= -1 and box.x1 <= right + 1, artist
+
+
+def test_colour_of_a_variant_is_stable_under_selection(nine_rows):
+    ex = nine_rows
+
+    def bar_colours():
+        labels = [t.get_text() for t in ex.figure.axes[0].get_xticklabels()]
+        return {lab: to_hex(p.get_facecolor(), keep_alpha=False) for lab, p in zip(labels, ex.figure.axes[0].patches)}
+
+    every = bar_colours()
+    assert len(set(every.values())) == 9  # one colour per variant
+    for sel in [("factorized",), ("coupled", "factorized"), ("factorized", "full_fpo"), ("full", "factorized")]:
+        ex.variants.value = sel
+        for lab, colour in bar_colours().items():
+            assert colour == every[lab] == plots.variant_color(lab)
+        assert plots.variant_color(ablation.label("factorized")) == plots.VARIANT_COLORS["factorized"]
+        # the video card's lanes use the same mapping
+        lanes = ex.card.axes[1]
+        names = [t.get_text() for t in lanes.get_yticklabels()]
+        for patch in lanes.patches:
+            lane = names[int(round(patch.get_y() + patch.get_height() / 2))]
+            assert to_hex(patch.get_facecolor(), keep_alpha=False) == plots.variant_color(lane)
+    ex.variants.value = tuple(r for _, r in ex.variants.options)
+
+
+@pytest.mark.parametrize("interval", ["logit_t", "boot"])
+def test_intervals_stay_within_0_1(nine_rows, interval):
+    ex = nine_rows
+    ex.interval.value = interval
+    for task, metrics in (("merged", ["F1(gnd)"]), ("tvg", ["tvg.F1", "charades.R1@0.5", "charades.mIoU"]),
+                          ("gvq", ["gvq.Acc"])):
+        ex.task.value = task
+        for m in metrics:
+            ex.metric.value = m
+            t = ex.table
+            assert t["low"].notna().all() and t["high"].notna().all(), (interval, m)
+            assert (t["low"] >= 0).all() and (t["high"] <= 100).all(), (interval, m, t)
+            assert (t["low"] <= t["mean"] + 1e-9).all() and (t["mean"] <= t["high"] + 1e-9).all()
+            lo, hi = ex.figure.axes[0].get_ylim()
+            assert lo >= 0
+    # the plain t-interval of the same seeds does leave [0, 1] (what this guards against)
+    plain = ablation.t_interval([0.0, 0.0, 0.35])
+    assert plain.low < 0
+    ex.interval.value = "logit_t"
+    ex.task.value = "merged"
+
+
+def test_logit_t_interval():
+    ci = plots.logit_t_interval([0.2, 0.3, 0.4])
+    assert 0 < ci.low < 0.3 < ci.high < 1 and ci.estimate == pytest.approx(0.3)
+    assert np.isnan(plots.logit_t_interval([0.5]).low)
+    assert plots.logit_t_interval([1.0, 1.0, 1.0]).high <= 1.0
+    ci = plots.logit_t_interval([2.0, 3.0, 4.0], lo=0.0, hi=10.0)  # CIDEr-like range
+    assert 0 <= ci.low < 3 < ci.high <= 10
+
+
+def test_display_carries_a_static_snapshot(explorer):
+    box = explorer.widget()
+    bundle = box._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    html = bundle["text/html"]
+    assert html.count("data:image/png;base64,") == 2 and "<table" in html
+
+
+@pytest.mark.slow
+def test_output_area_width_measured_in_jupyterlab(tmp_path):
+    """JupyterLab's notebook output area in headless Chromium (1280×720 window, default layout) is at
+    least as wide as :data:`widgets.OUTPUT_WIDTH_PX`, the width the explorer draws for."""
+    import browser
+
+    browser.need_browser()
+    width = browser.jupyterlab_output_width(tmp_path, size=(1280, 720))
+    assert width >= widgets.OUTPUT_WIDTH_PX, width
