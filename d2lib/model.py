@@ -176,6 +176,7 @@ class ModelConfig:
     # (frame-to-frame variation at hidden_states[-2] 0.12 vs 0.38 with "none"); no grounding gain seen.
     frame_norm: Literal["embed", "none"] = "none"
     pool_query_std: float | None = None  # init std of AttnPool's learned query (logits = k·q/√d); None: dim^-0.5
+    pool_queries: int = 1  # learned pooling queries per stream, concatenated into one frame token
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_frames: int = 64
@@ -201,6 +202,7 @@ class ModelConfig:
         check(self.grounding_weight >= 0 and self.consistency_weight >= 0, "model.grounding_weight",
               "loss weights must be >= 0")
         check(self.pool_query_std is None or self.pool_query_std > 0, "model.pool_query_std", "must be > 0 or null")
+        check(self.pool_queries >= 1, "model.pool_queries", f"must be >= 1, got {self.pool_queries}")
         check(self.temporal_kernel >= 0 and self.temporal_kernel % 2 == 1 or self.temporal_kernel == 0,
               "model.temporal_kernel", "must be 0 (off) or odd")
         check(not (self.preset == "phi3-mini" and self.motion == "channels" and not self.random_init),
@@ -220,15 +222,20 @@ def mlp_head(width: int, hidden: int) -> nn.Sequential:
 
 
 class AttnPool(nn.Module):
-    """A learned query per stream attends over patch tokens: (N, S, P, D) → (N, S, D)."""
+    """Q learned queries per stream attend over patch tokens: (N, S, P, D) → (N, S·Q, D). With Q > 1
+    a frame token can describe several objects (each query free to look at a different place)."""
 
-    def __init__(self, dim: int, n_streams: int, query_std: float | None = None):
+    def __init__(self, dim: int, n_streams: int, query_std: float | None = None, n_queries: int = 1):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.key = nn.Linear(dim, dim)
-        self.query = nn.Parameter(torch.randn(n_streams, dim) * (dim ** -0.5 if query_std is None else query_std))
+        self.n_queries = n_queries
+        std = dim ** -0.5 if query_std is None else query_std
+        self.query = nn.Parameter(torch.randn(n_streams * n_queries, dim) * std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_queries > 1:
+            x = x.repeat_interleave(self.n_queries, dim=1)  # (N, S·Q, P, D): each stream once per query
         k = self.key(self.norm(x))  # (N, S, P, D)
         w = torch.einsum("nspd,sd->nsp", k, self.query) / math.sqrt(x.shape[-1])
         return torch.einsum("nsp,nspd->nsd", w.softmax(-1), x)
@@ -358,9 +365,10 @@ class D2VLM(nn.Module):
         self.lm, self.tower = lm, tower
         self.n_streams = 2 if cfg.motion_mode == "second_pass" else 1
         dv, h = tower.config.hidden_size, lm.config.hidden_size
-        self.pool = AttnPool(dv, self.n_streams, cfg.pool_query_std)
-        self.temporal = TemporalMix(self.n_streams * dv, cfg.temporal_kernel)
-        proj = [nn.Linear(self.n_streams * dv, h), nn.GELU(), nn.Linear(h, h)]
+        self.pool = AttnPool(dv, self.n_streams, cfg.pool_query_std, cfg.pool_queries)
+        width = self.n_streams * cfg.pool_queries * dv  # pooled features per frame
+        self.temporal = TemporalMix(width, cfg.temporal_kernel)
+        proj = [nn.Linear(width, h), nn.GELU(), nn.Linear(h, h)]
         if cfg.frame_norm == "embed":  # frame tokens at the text embeddings' scale
             norm = nn.LayerNorm(h)
             with torch.no_grad():
