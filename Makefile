@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test venv data benchmark bench clean-venv
+.PHONY: repro test venv data benchmark bench clean-venv plots-assets book
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
@@ -34,7 +34,7 @@ data: venv
 repro: data
 	$(BIN)/python -m d2lib.repro $(REPRO_ARGS)
 
-test: data
+test: data plots-assets
 	$(BIN)/python -m d2lib.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
@@ -48,3 +48,11 @@ bench: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Offline `dvc plots show` / `dvc plots diff`: vega, vega-lite and vega-embed at the versions pinned in
+# tools/vega/package-lock.json, inlined into the page template .dvc/config names (no CDN).
+plots-assets: tools/vega/dvc_plots.html
+
+tools/vega/dvc_plots.html: tools/vega/package.json tools/vega/package-lock.json tools/vega/build.py
+	npm ci --prefix tools/vega --no-audit --no-fund --ignore-scripts --loglevel=error
+	$(PYTHON) tools/vega/build.py
