@@ -60,7 +60,9 @@ class Variant:
       ``consistency_form``: "l1" the paper's |e_ground − e_answer| on the raw features (both sides
       trained), "l1_detached" |sg(e_ground) − e_answer| (only the answer stage follows the grounding
       stage), "scores" |p_ground − p_answer| on the per-frame probabilities
-      (:func:`d2lib.losses.consistency_scores`);
+      (:func:`d2lib.losses.consistency_scores`); ``consistency_start``: the fraction of the SFT steps
+      trained without it (0: from the first step, as the paper; e.g. 0.5: switched on half-way, once the
+      heads ground — :func:`d2lib.sft.consistency_hook`);
     - ``prompt``: "full" asks the record's question as written; "short" drops its answer-format
       sentence (:func:`d2lib.tokens.short_question`) — fewer tokens between the question and the
       ``<evi>`` read-out; the format is learned from the targets.
@@ -80,6 +82,7 @@ class Variant:
     answer_evidence: Literal["evi", "text", "none"] = "evi"
     prompt: Literal["full", "short"] = "full"
     consistency_form: Literal["l1", "l1_detached", "scores"] = "l1"
+    consistency_start: float = 0.0
     head: Literal["span", "frame", "none"] = "span"
     injection: bool = True
     consistency: bool = True
@@ -107,6 +110,8 @@ class Variant:
               f"mean |Δpixel| threshold must be in [0, 1], got {self.diff_threshold}")
         check(self.merge_budget >= 0, "variants.*.merge_budget", f"must be >= 0 (0 = off), got {self.merge_budget}")
         check(self.stc_stride >= 1, "variants.*.stc_stride", f"must be >= 1 (1 = off), got {self.stc_stride}")
+        check(0.0 <= self.consistency_start < 1.0, "variants.*.consistency_start",
+              f"must be in [0, 1), got {self.consistency_start}")
         n_budget = (self.frame_select == "diff") + (self.merge_budget > 0) + (self.stc_stride > 1)
         check(n_budget <= 1, "variants.*.merge_budget",
               "one token-budget mechanism per row (frame_select: diff, merge_budget or stc_stride)")
@@ -673,7 +678,8 @@ class D2VLM(nn.Module):
         else:
             e, scores = f.new_zeros(0, f.shape[-1]), f.new_zeros(0, T)
             smask, ground, cons = frame_mask.new_zeros(0, T), zero, zero
-        total = text + self.cfg.grounding_weight * ground + self.cfg.consistency_weight * cons
+        w_c = self.cfg.consistency_weight * getattr(self, "consistency_scale", 1.0)  # 0 before consistency_start
+        total = text + self.cfg.grounding_weight * ground + w_c * cons
         return D2Output(total, text, ground, cons, out.logits, scores, smask, e, f)
 
     def _consistency(self, e, scores, smask, pairs) -> torch.Tensor:

@@ -67,6 +67,22 @@ def prepare_vocabulary(model: D2VLM, tokenizer, variant: Variant) -> list[int]:
     return new_ids
 
 
+def consistency_hook(model: D2VLM, variant: Variant):
+    """``before_step`` hook for :func:`d2lib.train.fit`: the consistency term is off (scale 0) for the
+    first ``variant.consistency_start`` of the steps and on (scale 1) afterwards.
+
+    >>> from types import SimpleNamespace as NS
+    >>> m = NS(); hook = consistency_hook(m, NS(consistency_start=0.5))
+    >>> hook(50, 100); m.consistency_scale, hook(51, 100), m.consistency_scale
+    (0.0, None, 1.0)
+    """
+
+    def hook(step: int, total: int) -> None:
+        model.consistency_scale = 1.0 if step > variant.consistency_start * total else 0.0
+
+    return hook
+
+
 def export_sft(model: D2VLM, folder: Path) -> None:
     """``export_fn`` for :func:`d2lib.train.fit`: the merged model (loads without peft) and, with
     LoRA, the adapter (``folder/adapter``, peft format) for FPO to continue from."""
@@ -131,7 +147,9 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     collate = data.Collator(videos, tok.pad_token_id, kind=data.video_kind(videos), dedupe=grouped)
     res = train.fit(model, examples, cfg, out_dir, collate, eval_fn=make_eval_fn(val_recs, val_videos, tok, cfg),
                     resume=resume, export_fn=export_sft, progress=progress,
-                    groups=data.video_groups(examples) if grouped else None)
+                    groups=data.video_groups(examples) if grouped else None,
+                    before_step=[consistency_hook(model, variant)])
+    model.consistency_scale = 1.0
     secs["train"] = res.seconds
     model.eval()
     if cfg.train_tower:  # the tower changed: cache its final features for the stages after this one

@@ -97,3 +97,28 @@ def test_metric_value_reads_query_use():
     m = {"query_use": {"ctrl_R1@0.5": 0.25, "e1_share": None}}
     assert ablation.metric_value(m, "query.ctrl_R1@0.5") == 0.25
     assert ablation.metric_value(m, "query.e1_share") is None
+
+
+def test_consistency_start_switches_the_term_on_part_way():
+    from d2lib import data, sft
+    from d2lib.model import D2VLM, ModelConfig
+
+    recs = [{"idx": 0, "task": "tvg", "video": "a", "tgt": [1, 3], "q": "When does the red circle grow?"}]
+    tok = tokens.train_word_tokenizer(tokens.record_texts(recs), max_seconds=8)
+    torch.manual_seed(0)
+    variant = Variant(consistency_start=0.5)
+    m = D2VLM.build(ModelConfig(), variant, tok).eval()
+    videos = {"a": torch.randint(0, 255, (6, 32, 32, 3), dtype=torch.uint8)}
+    batch = data.Collator(videos, tok.pad_token_id, kind="frames")(data.make_examples(recs, videos, variant, tok))
+    hook = sft.consistency_hook(m, variant)
+    hook(5, 10)  # first half: off
+    with torch.no_grad():
+        off = m(**batch)
+    assert float(off.consistency_loss) > 0
+    assert torch.isclose(off.loss, off.lm_loss + m.cfg.grounding_weight * off.grounding_loss)
+    hook(6, 10)  # second half: on
+    with torch.no_grad():
+        on = m(**batch)
+    assert torch.isclose(on.loss, off.loss + m.cfg.consistency_weight * on.consistency_loss)
+    with pytest.raises(Exception, match="consistency_start"):
+        Variant(consistency_start=1.0)
