@@ -665,6 +665,7 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
         eval_fn: Callable[[nn.Module, int], Mapping[str, float]] | None = None,
         parts_fn: Callable[[Any], Mapping[str, torch.Tensor]] | None = None,
         callbacks: Iterable[Callable[[int, dict], None]] = (),
+        before_step: Iterable[Callable[[int, int], None]] = (),
         resume: bool | str | Path = True, export_fn: Callable[[nn.Module, Path], None] | None = None,
         accelerator=None, progress: bool = True, groups: Sequence[Sequence[int]] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_data`` for ``total_steps(cfg, len(train_data))`` steps.
@@ -679,6 +680,8 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
     * ``parts_fn(output)`` → named loss components to log (default :func:`default_parts`).
       They must have the same names on every step and process.
     * ``callbacks``: ``cb(step, info)`` after every optimizer step (raise to stop the run).
+    * ``before_step``: ``hook(step, total)`` before optimizer step ``step`` (1-based) — e.g. a loss term
+      switched on part-way; it must depend on ``step``/``total`` only, so that a resumed run repeats it.
     * ``resume``: ``True`` continues from the newest complete checkpoint in ``out_dir`` if any;
       ``False`` deletes old checkpoints and starts over; a path resumes from that checkpoint.
     * ``export_fn(model, folder)`` writes the model into checkpoints and ``final/`` (default
@@ -732,6 +735,8 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
         model.train()
         try:
             for step in range(start + 1, total + 1):
+                for hook in before_step:  # a function of the step only, so a resumed run repeats it exactly
+                    hook(step, total)
                 loss, parts, grad_norm, lrs = _train_step(acc, model, optimizer, scheduler, trainable, train_data,
                                                      collate_fn, parts_fn, cfg, step, world, rank, send_to_device,
                                                      groups)
