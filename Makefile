@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test venv data benchmark bench clean-venv plots-assets book
+.PHONY: repro test venv data benchmark bench clean-venv plots-assets book-assets book
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
@@ -34,7 +34,7 @@ data: venv
 repro: data
 	$(BIN)/python -m d2lib.repro $(REPRO_ARGS)
 
-test: data plots-assets
+test: data plots-assets book-assets
 	$(BIN)/python -m d2lib.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
@@ -56,3 +56,15 @@ plots-assets: tools/vega/dvc_plots.html
 tools/vega/dvc_plots.html: tools/vega/package.json tools/vega/package-lock.json tools/vega/build.py
 	npm ci --prefix tools/vega --no-audit --no-fund --ignore-scripts --loglevel=error
 	$(PYTHON) tools/vega/build.py
+
+# The course as a book: the executed lessons committed under artifacts/notebooks/ -> book/_build/html
+# (Sphinx + myst-nb + sphinx-book-theme from pip, MathJax from npm: nothing fetched at build or read time).
+# Read it: python -m http.server -d book/_build/html
+book: venv book-assets
+	$(BIN)/python -m d2lib.book
+
+book-assets: tools/book/node_modules/.installed
+
+tools/book/node_modules/.installed: tools/book/package.json tools/book/package-lock.json
+	npm ci --prefix tools/book --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
