@@ -419,11 +419,12 @@ def evaluate_cell(model, tokenizer, row: str, out_dir: str | Path, acfg: Ablatio
     system = evaluate.evaluate_system(row, "model", answered, evaluate.answer_delimiter(model.variant), metas,
                                       eval_config(acfg), Path(out_dir) / "evaluate", t_infer)
     system.metrics["inference"] = inference_summary(t_infer, records, frames, counts)
-    system.metrics["query_use"] = query_use(model, tokenizer, answered, feats, acfg.eval_batch_size)
+    system.metrics["query_use"] = query_use(model, tokenizer, answered, feats, acfg.eval_batch_size, keep)
     return system
 
 
-def query_use(model, tokenizer, answered: Sequence[Mapping], feats: Mapping, batch_size: int = 32) -> dict:
+def query_use(model, tokenizer, answered: Sequence[Mapping], feats: Mapping, batch_size: int = 32,
+              keep=None) -> dict:
     """Does the cell's model use the query? On the answered tvg records: the shuffled-query control and
     the any-event hit rate (:func:`d2lib.infer.query_control`), e₁'s within-video variance share
     (:func:`d2lib.infer.e1_query_share`, teacher-forced; ``None`` without ``<evi>``) and ``passes``:
@@ -435,7 +436,7 @@ def query_use(model, tokenizer, answered: Sequence[Mapping], feats: Mapping, bat
     if not tvg:
         return {}
     out = infer.query_control(tvg, evaluate.answer_delimiter(model.variant))
-    out["e1_share"] = infer.e1_query_share(model, tvg, feats, tokenizer, batch_size)
+    out["e1_share"] = infer.e1_query_share(model, tvg, feats, tokenizer, batch_size, keep)
     true, ctrl = out.get("true_R1@0.5"), out.get("ctrl_R1@0.5")
     ok = true is not None and ctrl is not None and math.isfinite(true) and true > 0
     out["passes"] = bool(ctrl <= QUERY_CONTROL_RATIO * true) if ok else None

@@ -266,13 +266,13 @@ def within_group_share(x: torch.Tensor, groups: Sequence) -> float:
 
 @torch.no_grad()
 def first_evi_features(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
-                       batch_size: int = 32) -> torch.Tensor:
+                       batch_size: int = 32, keep=None) -> torch.Tensor:
     """e₁ of each record (N, D): the ``evi_head`` feature at the position that predicts its first
     ``<evi>``, teacher-forced in ``model.variant``'s layout (the same vector greedy decoding scores
-    when its first ``<evi>`` comes out as in the target)."""
+    when its first ``<evi>`` comes out as in the target). ``keep``: DiffFP keep masks, as :func:`predict`."""
     was_training = model.training
     model.eval()
-    exs = make_examples(records, videos, model.variant, tokenizer)
+    exs = make_examples(records, videos, model.variant, tokenizer, keep=keep)
     collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos))
     device = next(model.parameters()).device
     feats = []
@@ -292,7 +292,7 @@ def first_evi_features(model, records: Sequence[Mapping], videos: Mapping[str, t
 
 
 def e1_query_share(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor], tokenizer,
-                   batch_size: int = 32) -> float | None:
+                   batch_size: int = 32, keep=None) -> float | None:
     """How much of e₁ comes from the query: :func:`within_group_share` of the tvg queries' e₁ grouped
     by video (only videos asked more than once). Near 0: every query of a video gets the same e₁ (the
     query is ignored); well above 0: e₁ moves with the query. ``None`` for a variant without ``<evi>``."""
@@ -303,7 +303,7 @@ def e1_query_share(model, records: Sequence[Mapping], videos: Mapping[str, torch
     tvg = [r for r in records if r["task"] == "tvg" and r["video"] in multi]
     if len(tvg) < 2:
         return None
-    e = first_evi_features(model, tvg, videos, tokenizer, batch_size)
+    e = first_evi_features(model, tvg, videos, tokenizer, batch_size, keep)
     return within_group_share(e, [r["video"] for r in tvg])
 
 

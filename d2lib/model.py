@@ -63,9 +63,10 @@ class Variant:
       (:func:`d2lib.losses.consistency_scores`); ``consistency_start``: the fraction of the SFT steps
       trained without it (0: from the first step, as the paper; e.g. 0.5: switched on half-way, once the
       heads ground — :func:`d2lib.sft.consistency_hook`);
-    - ``prompt``: "full" asks the record's question as written; "short" drops its answer-format
-      sentence (:func:`d2lib.tokens.short_question`) — fewer tokens between the question and the
-      ``<evi>`` read-out; the format is learned from the targets.
+    - ``prompt``: "short" (default) drops the question's answer-format sentence
+      (:func:`d2lib.tokens.short_question`) — fewer tokens between the question and the ``<evi>``
+      read-out, the format is learned from the targets (measured: ~40% fewer tokens per packed sequence,
+      the same val R@1@0.5); "full" asks the record's question as written.
 
     The peers' mechanisms (lesson ``08_peers``; all off by default). Time representation
     (:mod:`d2lib.timerep`): ``time_format`` — how times are written as text where times are text
@@ -80,7 +81,7 @@ class Variant:
 
     prefix: bool = True
     answer_evidence: Literal["evi", "text", "none"] = "evi"
-    prompt: Literal["full", "short"] = "full"
+    prompt: Literal["full", "short"] = "short"
     consistency_form: Literal["l1", "l1_detached", "scores"] = "l1"
     consistency_start: float = 0.0
     head: Literal["span", "frame", "none"] = "span"
