@@ -158,6 +158,8 @@ def _run(root: Path, targets, client, log, cluster: dict) -> dict:
     try:
         if client.dashboard_link and own:
             log(f"d2lib.repro: Dask dashboard {client.dashboard_link}")
+        for problem in numenv.check():
+            log(f"d2lib.repro: warning: {problem}; the results will not match the committed bits")
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         capacity = max((w.get("resources", {}).get("cores", 0) for w in workers), default=0)
         if capacity < 1:
