@@ -67,13 +67,14 @@ _PROCESS_START = time.time()  # a cell's wall time counts from here (imports inc
 # ------------------------------------------------------------------------------------------------
 # rows, metrics, the paper's numbers, the claims
 # ------------------------------------------------------------------------------------------------
-SFT_ROWS = ("coupled", "factorized", "factorized_interleaved", "full", "no_visual_injection", "frame_level",
-            "text_timestamps")
+SFT_ROWS = ("coupled", "factorized", "factorized_interleaved", "full", "consistency_from_start", "no_visual_injection",
+            "frame_level", "text_timestamps")
 PREFERENCE = ("dpo", "fpo")
 BASE_OF_PREFERENCE = "full"  # the SFT row the preference rows continue from
 
 LABELS = {"coupled": "coupled", "factorized": "factorized", "factorized_interleaved": "factorized+interleaved",
-          "full": "full (+consistency)", "full_dpo": "full+dpo", "full_fpo": "full+fpo",
+          "full": "full (+consistency)", "consistency_from_start": "+consistency from step 0 (paper)",
+          "full_dpo": "full+dpo", "full_fpo": "full+fpo",
           "no_visual_injection": "no visual injection", "frame_level": "frame-level", "text_timestamps": "text timestamps"}
 
 # The cumulative ablation of the paper: each step adds one mechanism to the previous row.

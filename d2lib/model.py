@@ -122,15 +122,17 @@ class Variant:
 
 @dataclass(frozen=True)
 class VariantsConfig:
-    """params section ``variants``: the seven rows of DESIGN §4 (``+`` in a name is written ``_``),
-    plus any user-defined rows under ``extra``. Look one up with :meth:`get`."""
+    """params section ``variants``: the rows of the ablation (``+`` in a name is written ``_``) —
+    ``consistency_from_start`` is ``full`` with the paper's consistency L1 on from the first step — plus any
+    user-defined rows under ``extra``. Look one up with :meth:`get`."""
 
     coupled: Variant = Variant(prefix=False, answer_evidence="evi", consistency=False)
     factorized: Variant = Variant(prefix=True, answer_evidence="text", consistency=False)
     factorized_interleaved: Variant = Variant(prefix=True, answer_evidence="evi", consistency=False)
-    full: Variant = Variant()
-    no_visual_injection: Variant = Variant(injection=False)
-    frame_level: Variant = Variant(head="frame")
+    full: Variant = Variant(consistency_start=0.5)
+    consistency_from_start: Variant = Variant()
+    no_visual_injection: Variant = Variant(injection=False, consistency_start=0.5)
+    frame_level: Variant = Variant(head="frame", consistency_start=0.5)
     text_timestamps: Variant = Variant(prefix=False, answer_evidence="text", head="none",
                                        injection=False, consistency=False)
     extra: dict[str, Variant] = field(default_factory=dict)

@@ -142,8 +142,8 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path):
 def test_config_rows_cells_and_validation():
     a = A.AblationConfig()
     assert a.rows() == ["coupled", "factorized", "factorized_interleaved", "full", "full_dpo", "full_fpo",
-                        "no_visual_injection", "frame_level", "text_timestamps"]
-    assert len(a.cells()) == 27 and len(a.seeds) >= 3
+                        "consistency_from_start", "no_visual_injection", "frame_level", "text_timestamps"]
+    assert len(a.cells()) == 30 and len(a.seeds) >= 3
     with pytest.raises(config.ConfigError, match="ablation.preference"):
         A.AblationConfig(variants=("coupled",), preference=("fpo",))
     with pytest.raises(config.ConfigError, match="ablation.variants"):

@@ -1,5 +1,6 @@
 """d2lib.model: shapes, the 4-D mask, gradients, overfitting, KV-cached generation, variants,
 the phi3-mini preset at reduced depth, and save/load. Self-contained tiny frames + records."""
+import dataclasses
 import time
 
 import numpy as np
@@ -90,10 +91,12 @@ def test_config_defaults_and_errors():
 
 def test_variants_config():
     vc = VariantsConfig()
-    assert vc.names()[:7] == ["coupled", "factorized", "factorized_interleaved", "full",
+    assert vc.names()[:8] == ["coupled", "factorized", "factorized_interleaved", "full", "consistency_from_start",
                               "no_visual_injection", "frame_level", "text_timestamps"]
     assert vc.get("factorized+interleaved") == Variant(consistency=False)
-    assert vc.get("full") == Variant(prefix=True, answer_evidence="evi", head="span", injection=True, consistency=True)
+    assert vc.get("full") == Variant(prefix=True, answer_evidence="evi", head="span", injection=True, consistency=True,
+                                     consistency_start=0.5)
+    assert vc.get("consistency_from_start") == dataclasses.replace(vc.get("full"), consistency_start=0.0)
     assert vc.get("coupled").prefix is False and vc.get("text_timestamps").head == "none"
     with pytest.raises(KeyError, match="unknown variant"):
         vc.get("nope")

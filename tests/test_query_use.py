@@ -76,8 +76,8 @@ def test_short_prompt_drops_the_format_sentence_only():
     q = ("Which shape gets bigger? Options: (A) the green triangle (B) the blue circle. Answer with the best "
          "option and its evidence in the format '(<letter>) <option>. The evidence is in <start> - <end>.'")
     assert tokens.short_question(q) == "Which shape gets bigger? Options: (A) the green triangle (B) the blue circle."
-    assert tokens.question_text(q, Variant()) == q
-    assert tokens.question_text(q, Variant(prompt="short")) == tokens.short_question(q)
+    assert tokens.question_text(q, Variant(prompt="full")) == q
+    assert tokens.question_text(q, Variant()) == tokens.short_question(q)  # the default
 
 
 def test_cell_control_verdicts_and_claim_counts():
