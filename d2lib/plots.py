@@ -40,13 +40,15 @@ PALETTE = sns.color_palette("colorblind")
 
 # --- one colour per variant ------------------------------------------------------------------------
 GT_COLOR = "#3c3c3c"
-# Ablation rows: seaborn's colour-blind palette (its grey is left for nothing else); peer systems:
-# seaborn's "dark" palette. Keyed by the row's params name (d2lib.ablation / d2lib.peers).
+# Ablation rows: seaborn's colour-blind palette (its grey left out, next to GT's) and one from its
+# "bright" palette; peer systems: seaborn's "dark" palette. Keyed by the row's params name
+# (d2lib.ablation / d2lib.peers); tests/test_widgets.py fails when a row has no colour of its own.
 VARIANT_COLORS = {
     "coupled": "#ca9161",
     "factorized": "#de8f05",
     "factorized_interleaved": "#ece133",
     "full": "#0173b2",
+    "consistency_from_start": "#8b2be2",
     "full_dpo": "#56b4e9",
     "full_fpo": "#029e73",
     "no_visual_injection": "#cc78bc",

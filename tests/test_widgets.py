@@ -28,7 +28,7 @@ def explorer(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def nine_rows(tmp_path_factory):
+def all_rows(tmp_path_factory):
     """Every ablation row, scores close to 0 and 1 (where plain t-intervals leave [0, 1])."""
     root = tmp_path_factory.mktemp("abl9")
     records, metas = fake_records(n_videos=3)
@@ -120,10 +120,10 @@ def test_the_full_query_text_is_shown(explorer):
     ex.task.value = "merged"
 
 
-def test_figures_fit_the_output_area(nine_rows):
+def test_figures_fit_the_output_area(all_rows):
     """Every figure is drawn no wider than JupyterLab's output area and shown with max-width 100%."""
-    ex = nine_rows
-    assert len(ex.figure.axes[0].patches) == 9  # all nine rows drawn
+    ex = all_rows
+    assert len(ex.figure.axes[0].patches) == len(ex.variants.options) >= 9  # every row drawn
     for png, image in ((ex.chart.value, ex.chart), (ex.card_image.value, ex.card_image)):
         width, _ = widgets.png_size(png)
         assert 300 < width <= widgets.OUTPUT_WIDTH_PX
@@ -141,15 +141,15 @@ def test_figures_fit_the_output_area(nine_rows):
         assert box.x0 >= -1 and box.x1 <= right + 1, artist
 
 
-def test_colour_of_a_variant_is_stable_under_selection(nine_rows):
-    ex = nine_rows
+def test_colour_of_a_variant_is_stable_under_selection(all_rows):
+    ex = all_rows
 
     def bar_colours():
         labels = [t.get_text() for t in ex.figure.axes[0].get_xticklabels()]
         return {lab: to_hex(p.get_facecolor(), keep_alpha=False) for lab, p in zip(labels, ex.figure.axes[0].patches)}
 
     every = bar_colours()
-    assert len(set(every.values())) == 9  # one colour per variant
+    assert len(set(every.values())) == len(every) == len(ex.variants.options)  # one colour per variant
     for sel in [("factorized",), ("coupled", "factorized"), ("factorized", "full_fpo"), ("full", "factorized")]:
         ex.variants.value = sel
         for lab, colour in bar_colours().items():
@@ -165,8 +165,8 @@ def test_colour_of_a_variant_is_stable_under_selection(nine_rows):
 
 
 @pytest.mark.parametrize("interval", ["logit_t", "boot"])
-def test_intervals_stay_within_0_1(nine_rows, interval):
-    ex = nine_rows
+def test_intervals_stay_within_0_1(all_rows, interval):
+    ex = all_rows
     ex.interval.value = interval
     for task, metrics in (("merged", ["F1(gnd)"]), ("tvg", ["tvg.F1", "charades.R1@0.5", "charades.mIoU"]),
                           ("gvq", ["gvq.Acc"])):
@@ -184,6 +184,17 @@ def test_intervals_stay_within_0_1(nine_rows, interval):
     assert plain.low < 0
     ex.interval.value = "logit_t"
     ex.task.value = "merged"
+
+
+def test_every_row_has_its_own_colour():
+    import d2lib.peers as peers
+
+    rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE), *peers.LABELS]
+    missing = [r for r in dict.fromkeys(rows) if r not in plots.VARIANT_COLORS]
+    assert not missing, f"add a colour for {missing} to d2lib.plots.VARIANT_COLORS (and run tools/vega/templates.py)"
+    colours = list(plots.VARIANT_COLORS.values())
+    assert len(set(colours)) == len(colours) and plots.GT_COLOR not in colours
+    assert plots.variant_color(peers.label("univtg")) == plots.VARIANT_COLORS["univtg"]
 
 
 def test_logit_t_interval():
