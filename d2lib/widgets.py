@@ -121,7 +121,8 @@ class AblationExplorer:
         self.card_tracks: dict = {}
 
         lay = W.Layout(width="auto")
-        fit = dict(max_width="100%", height="auto")  # an image never wider than the output area
+        # an image at its own size, never wider than the output area (not stretched by the box either)
+        fit = dict(max_width="100%", height="auto", align_self="flex-start")
         self.variants = W.SelectMultiple(options=[(ablation.label(r), r) for r in rows], value=tuple(rows),
                                          rows=min(len(rows), 9), description="variants", layout=lay)
         self.seeds = W.SelectMultiple(options=seeds, value=tuple(seeds), rows=min(len(seeds), 5),

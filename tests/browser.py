@@ -121,7 +121,39 @@ def _wait_http(url: str, proc, timeout: float = 60.0) -> None:
     raise TimeoutError(url)
 
 
-def jupyterlab_output_width(workdir: Path, browser: str | None = None, size=(1280, 720)) -> int:
+@contextlib.contextmanager
+def jupyterlab(workdir: Path, size=(1280, 720)):
+    """JupyterLab serving ``workdir`` (its own settings, default layout) and a headless Chromium session
+    on it with the network cut except for the server; yields ``(driver, open)`` where ``open(name)`` opens
+    a notebook of ``workdir`` and waits for its first cell."""
+    port, token = free_port(), "d2lib-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / ".cfg"), "JUPYTER_DATA_DIR": str(workdir / ".data"),
+           "JUPYTERLAB_SETTINGS_DIR": str(workdir / ".settings"), "JUPYTERLAB_WORKSPACES_DIR": str(workdir / ".ws")}
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir}", "--LabApp.news_url=None",
+           "--LabApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(workdir / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api?token={token}", proc, timeout=90)
+        with driver(size, offline=True, allow_hosts=("127.0.0.1",)) as d:
+            def open_notebook(name: str) -> None:
+                d.get(f"http://127.0.0.1:{port}/lab/tree/{name}?token={token}")
+                if not wait_for(d, "return window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", 90):
+                    raise AssertionError(f"JupyterLab did not open {name} (see {workdir / 'jupyterlab.log'})")
+            yield d, open_notebook
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def jupyterlab_output_width(workdir: Path, size=(1280, 720)) -> int:
     """Width in px of a notebook output area in JupyterLab (default layout) in a ``size`` window."""
     import nbformat
 
@@ -130,28 +162,10 @@ def jupyterlab_output_width(workdir: Path, browser: str | None = None, size=(128
     cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1)]
     nb.cells = [cell]
     nbformat.write(nb, workdir / "probe.ipynb")
-    port, token = free_port(), "d2lib-test"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(workdir / "cfg"), "JUPYTER_DATA_DIR": str(workdir / "data"),
-           "JUPYTERLAB_SETTINGS_DIR": str(workdir / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(workdir / "ws")}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workdir}", "--LabApp.news_url=None"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")
-    log = open(workdir / "jupyterlab.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api?token={token}", proc, timeout=90)
-        with driver(size, offline=True, allow_hosts=("127.0.0.1",)) as d:
-            d.get(f"http://127.0.0.1:{port}/lab/tree/probe.ipynb?token={token}")
-            width = wait_for(d, "var e = document.querySelector('.jp-OutputArea-output');"
-                                " return e && e.getBoundingClientRect().width", timeout=60)
-        if not width:
-            raise AssertionError("JupyterLab did not show the notebook's output (see jupyterlab.log)")
-        return int(width)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with jupyterlab(workdir, size) as (d, open_notebook):
+        open_notebook("probe.ipynb")
+        width = wait_for(d, "var e = document.querySelector('.jp-OutputArea-output');"
+                            " return e && e.getBoundingClientRect().width", timeout=60)
+    if not width:
+        raise AssertionError("JupyterLab did not show the notebook's output")
+    return int(width)

@@ -3,6 +3,8 @@ that it fits JupyterLab's output area, that a variant keeps its colour whatever 
 intervals stay inside the metric's range and that the whole query text is shown. The explorer reads cell
 files only (fake cells here) and a frame mapping — no training. One check measures JupyterLab's output
 area in headless Chromium (skipped when no browser is installed)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
@@ -214,10 +216,69 @@ def test_display_carries_a_static_snapshot(explorer):
     assert html.count("data:image/png;base64,") == 2 and "<table" in html
 
 
+EXPLORER_CELL = """import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from pathlib import Path
+from ablation_fixture import fake_cells, fake_records
+from d2lib import ablation, widgets
+records, metas = fake_records(n_videos=3)
+rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE)]
+fake_cells(Path("cells"), {{r: [0.0, 0.1, 0.35] for r in rows}}, records=records)
+frames = {{v: np.zeros((int(m["duration"]), 8, 8, 3), np.uint8) for v, m in metas.items()}}
+queries = {{("tvg", r["idx"]): {query!r} for r in records if r["task"] == "tvg"}}
+explorer, box = widgets.ablation_explorer("cells", frames=frames, queries=queries, n_boot=20)
+explorer.task.value = "tvg"
+box"""
+
+
+@pytest.mark.slow
+def test_explorer_fits_jupyterlab_output_area(tmp_path):
+    """The explorer on every ablation row, run in JupyterLab in headless Chromium (1280×720 window, default
+    layout): the output area is at least :data:`widgets.OUTPUT_WIDTH_PX` wide and has no horizontal
+    scroll, both figures lie inside it at no more than their own width, and the query text is shown whole."""
+    import nbformat
+
+    import browser
+
+    browser.need_browser()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(EXPLORER_CELL.format(tests=str(Path(__file__).parent), query=LONG_QUERY))]
+    nbformat.write(nb, tmp_path / "explorer.ipynb")
+    with browser.jupyterlab(tmp_path, (1280, 720)) as (d, open_notebook):
+        open_notebook("explorer.ipynb")
+        d.set_script_timeout(240)
+        ran = d.execute_async_script("""
+            var done = arguments[arguments.length - 1], app = window.jupyterapp, w = app.shell.currentWidget;
+            w.context.ready.then(function () { return w.sessionContext.ready; })
+             .then(function () { return app.commands.execute('notebook:run-all-cells'); })
+             .then(function (ok) { done(String(ok)); }, function (e) { done('error: ' + e); });""")
+        assert not ran.startswith("error"), ran
+        shown = browser.wait_for(d, "var i = document.querySelectorAll('.jp-OutputArea-output img');"
+                                    " return i.length >= 2 && Array.from(i).every(x => x.complete && x.naturalWidth > 0)",
+                                 timeout=240, poll=1)
+        assert shown, "the explorer did not render (kernel or widget error)"
+        m = d.execute_script("""
+            var out = document.querySelector('.jp-OutputArea-output'), r = out.getBoundingClientRect();
+            var imgs = Array.from(out.querySelectorAll('img')).map(function (i) {
+              var b = i.getBoundingClientRect(); return [b.left, b.right, b.width, i.naturalWidth]; });
+            var q = Array.from(out.querySelectorAll('.widget-html-content')).map(e => e.innerText)
+                         .filter(t => t.indexOf('tvg #') === 0);
+            return {left: r.left, right: r.right, width: r.width, scroll: out.scrollWidth, client: out.clientWidth,
+                    imgs: imgs, query: q};""")
+    assert m["width"] >= widgets.OUTPUT_WIDTH_PX, m
+    assert m["scroll"] <= m["client"] + 1, f"the output area scrolls horizontally: {m}"
+    assert len(m["imgs"]) == 2
+    for left, right, width, natural in m["imgs"]:
+        assert m["left"] - 1 <= left and right <= m["right"] + 1, m  # every bar / lane inside the output area
+        assert width <= natural + 1, m  # drawn at its own size or smaller, never stretched
+    assert m["query"] and LONG_QUERY in m["query"][0], m
+
+
 @pytest.mark.slow
 def test_output_area_width_measured_in_jupyterlab(tmp_path):
-    """JupyterLab's notebook output area in headless Chromium (1280×720 window, default layout) is at
-    least as wide as :data:`widgets.OUTPUT_WIDTH_PX`, the width the explorer draws for."""
+    """A cheaper check of the same number, without a kernel."""
     import browser
 
     browser.need_browser()
