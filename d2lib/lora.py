@@ -27,8 +27,10 @@ where it is the right one:
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -122,7 +124,34 @@ def apply_lora(lm: nn.Module, lora: LoraSettings, modules_to_save: Iterable[str]
         modules_to_save=modules_to_save or None,
         bias="none",
     )
-    return get_peft_model(lm, peft_cfg)
+    peft_lm = get_peft_model(lm, peft_cfg)
+    # the base model's name goes into adapter_config.json (peft_config) and README.md (the LM's config):
+    # a folder the LM was loaded from is written relative to the project root, never as an absolute path
+    for c in peft_lm.peft_config.values():
+        c.base_model_name_or_path = _relative_to_root(c.base_model_name_or_path)
+    cfg = getattr(lm, "config", None)
+    if cfg is not None and getattr(cfg, "_name_or_path", None):
+        cfg._name_or_path = _relative_to_root(cfg._name_or_path)
+    if isinstance(getattr(lm, "name_or_path", None), str):
+        lm.name_or_path = _relative_to_root(lm.name_or_path)
+    return peft_lm
+
+
+def _relative_to_root(name: str | None) -> str | None:
+    """An absolute path as a path relative to the project root; anything else (a hub name, None) as it is.
+
+    >>> from d2lib import paths
+    >>> _relative_to_root(str(paths.root_path("artifacts", "align", "final"))), _relative_to_root("microsoft/phi-3")
+    ('artifacts/align/final', 'microsoft/phi-3')
+    """
+    if not name or not os.path.isabs(name):
+        return name
+    from . import paths
+
+    try:
+        return Path(os.path.relpath(name, paths.repo_root())).as_posix()
+    except (FileNotFoundError, ValueError):  # no project root, or another drive
+        return name
 
 
 def mark_trainable(model: nn.Module, names: Iterable[str], key: str = "sft.train_modules") -> list[str]:
