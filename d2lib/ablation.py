@@ -13,8 +13,9 @@ one variant's switches re-runs only that variant's cells. A cell writes to
 
 * ``metrics.json`` — the row, seed, the schedule it was trained with, every headline number
   (``values``, fractions), the evaluate stage's compact metrics with per-cell bootstrap CIs
-  (``metrics``), the training summary and the cell's wall time ``seconds`` (process start → files
-  written; ``python -m d2lib.bench`` sums them);
+  (``metrics``) and the training summary — no wall time: the cell's times (``seconds``, process start →
+  files written; ``train_s``, ``evaluate_s``, ``infer_s``, ...) go to the timing log
+  ``ablation/<row>/<seed>`` (:mod:`d2lib.timing`), where ``python -m d2lib.bench`` sums them;
 * ``records.csv`` — one row per test record (:func:`d2lib.evaluate.record_rows`): the GT and
   predicted spans the widgets draw, and the per-record scores the video bootstrap resamples;
 * ``evaluate/<row>/`` — the predictions in the public evaluators' formats; ``loss.csv``/``val.csv``.
@@ -59,7 +60,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from . import paths
+from . import paths, timing
 from .config import check
 
 _PROCESS_START = time.time()  # a cell's wall time counts from here (imports included)
@@ -419,7 +420,8 @@ def evaluate_cell(model, tokenizer, row: str, out_dir: str | Path, acfg: Ablatio
     t_infer = time.perf_counter() - t0
     system = evaluate.evaluate_system(row, "model", answered, evaluate.answer_delimiter(model.variant), metas,
                                       eval_config(acfg), Path(out_dir) / "evaluate", t_infer)
-    system.metrics["inference"] = inference_summary(t_infer, records, frames, counts)
+    system.metrics["inference"] = inference_summary(records, frames, counts)
+    system.extra["timing"] = {"infer_s": t_infer, "infer_s_per_query": t_infer / max(len(records), 1)}
     system.metrics["query_use"] = query_use(model, tokenizer, answered, feats, acfg.eval_batch_size, keep)
     return system
 
@@ -471,16 +473,16 @@ def count_frame_tokens(model):
         del model.embed
 
 
-def inference_summary(seconds: float, records: Sequence[Mapping], frames: Mapping, counts: Sequence[int]) -> dict:
-    """A cell's inference cost: wall seconds (tower + generation), per query, the mean frame tokens per
-    prompt (:func:`count_frame_tokens`; ``None`` when not counted) and the mean decoded frames per video.
+def inference_summary(records: Sequence[Mapping], frames: Mapping, counts: Sequence[int]) -> dict:
+    """A cell's inference cost as the code and data decide it: the queries answered, the mean frame tokens
+    per prompt (:func:`count_frame_tokens`; ``None`` when not counted) and the mean decoded frames per
+    video. Its wall time (``infer_s``, ``infer_s_per_query``) goes to the cell's timing log.
 
-    >>> inference_summary(2.0, [{"video": "a"}, {"video": "a"}], {"a": [0] * 10}, [10, 6])
-    {'seconds': 2.0, 'n_queries': 2, 's_per_query': 1.0, 'frame_tokens': 8.0, 'frames_per_video': 10.0}
+    >>> inference_summary([{"video": "a"}, {"video": "a"}], {"a": [0] * 10}, [10, 6])
+    {'n_queries': 2, 'frame_tokens': 8.0, 'frames_per_video': 10.0}
     """
     videos = {r["video"] for r in records}
-    n = len(records)
-    return {"seconds": round(float(seconds), 3), "n_queries": n, "s_per_query": float(seconds) / max(n, 1),
+    return {"n_queries": len(records),
             "frame_tokens": float(np.mean(counts)) if len(counts) else None,
             "frames_per_video": float(np.mean([len(frames[v]) for v in videos])) if videos else None}
 
@@ -498,9 +500,16 @@ def write_cell(out_dir: str | Path, payload: Mapping, rows: Sequence[Mapping]) -
 
 
 def _payload(row: str, seed: int, acfg: AblationConfig, variant, system, train: Mapping, parts: Mapping,
-             extra_schedule: Mapping | None = None) -> dict:
+             extra_schedule: Mapping | None = None, timing_name: str | None = None,
+             logged: Mapping | None = None) -> dict:
+    """The cell's ``metrics.json``. Its wall times go to the timing log ``timing_name`` (default
+    ``ablation/<row>/<seed>``): ``seconds`` (process start → now), ``<part>_s`` for each of ``parts``,
+    the inference time :func:`evaluate_cell` measured and ``logged`` as given."""
     base, method = split_row(row)
     m = dict(system.metrics)
+    timing.log(timing_name or f"ablation/{row}/{seed}", seconds=time.time() - _PROCESS_START,
+               **{f"{k}_s": v for k, v in parts.items()}, **(getattr(system, "extra", None) or {}).get("timing", {}),
+               **(logged or {}))
     return {
         "row": row, "label": label(row), "seed": int(seed), "kind": method or "sft", "variant": base,
         "switches": dataclasses.asdict(variant),
@@ -509,8 +518,6 @@ def _payload(row: str, seed: int, acfg: AblationConfig, variant, system, train: 
         "metrics": m,
         "n_records": len(system.answered), "n_videos": len({r["video"] for r in system.answered}),
         "train": train,
-        "seconds": round(time.time() - _PROCESS_START, 2),
-        "seconds_parts": {k: round(float(v), 2) for k, v in parts.items()},
     }
 
 
@@ -527,11 +534,28 @@ def _prune(out_dir: Path, keep_model: bool) -> None:
                 p.unlink()
 
 
+def _stage_times(stage: str, res) -> dict:
+    """What a stage's ``run`` timed (``res.seconds``: ``<stage>_<part>_s``) and its fit's ``steps_per_s``,
+    for the cell's timing log (whatever of it ``res`` has: tests pass stubs)."""
+    out = {f"{stage}_{k}_s": v for k, v in (getattr(res, "seconds", None) or {}).items()}
+    fit = getattr(res, "fit", None)
+    if getattr(fit, "steps_per_s", None) is not None:
+        out["steps_per_s"] = fit.steps_per_s
+    return out
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
 def run_sft_cell(row: str, seed: int, acfg: AblationConfig, sft_cfg, variants, out_dir: str | Path | None = None,
                  align_dir: str | Path | None = None, test=None, train_fn: Callable | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, timing_name: str | None = None) -> dict:
     """One SFT cell: :func:`d2lib.sft.run` with the ablation budget, then the test evaluation. Returns the
-    payload written to ``metrics.json``. ``test``/``train_fn`` let tests pass their own data / trainer."""
+    payload written to ``metrics.json``; the times go to the timing log ``timing_name`` (default
+    ``ablation/<row>/<seed>``). ``test``/``train_fn`` let tests pass their own data / trainer."""
     from . import sft
 
     out_dir = Path(out_dir) if out_dir is not None else cell_dir(row, seed)
@@ -540,14 +564,17 @@ def run_sft_cell(row: str, seed: int, acfg: AblationConfig, sft_cfg, variants, o
     # the preference rows continue from the full cells' models (kept whether or not ablation.preference lists
     # any, so that editing that list does not re-run SFT cells; fpo.run encodes the videos with its own tower)
     keep = acfg.keep_models or row == BASE_OF_PREFERENCE
+    train_fn = train_fn or sft.run
+    quiet = {"timing_name": None} if _accepts(train_fn, "timing_name") else {}  # logged with the cell's times
     t0 = time.perf_counter()
-    res = (train_fn or sft.run)(cfg, variant, seed=seed, out_dir=out_dir, align_dir=align_dir,
-                                progress=progress, feature_splits=())
+    res = train_fn(cfg, variant, seed=seed, out_dir=out_dir, align_dir=align_dir, progress=progress,
+                   feature_splits=(), **quiet)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     system = evaluate_cell(res.model, res.tokenizer, row, out_dir, acfg, test if test is not None else load_test(acfg))
     parts = {"train": t_train, "evaluate": time.perf_counter() - t0}
-    payload = _payload(row, seed, acfg, variant, system, res.metrics, parts)
+    payload = _payload(row, seed, acfg, variant, system, res.metrics, parts, timing_name=timing_name,
+                       logged=_stage_times("sft", res))
     _prune(out_dir, keep)
     write_cell(out_dir, payload, [{**r, "seed": int(seed)} for r in system.rows])
     return payload
@@ -574,10 +601,8 @@ def run_pref_cell(method: str, seed: int, acfg: AblationConfig, fpo_cfg, variant
     variant = variants.get(BASE_OF_PREFERENCE)
     cfg = fpo_config(fpo_cfg, acfg)
     t0 = time.perf_counter()
-    import inspect
-
-    params = inspect.signature(fpo_fn).parameters
-    extra = {k: v for k, v in (("progress", False), ("score_before", False)) if k in params}
+    extra = {k: v for k, v in (("progress", False), ("score_before", False), ("timing_name", None))
+             if _accepts(fpo_fn, k)}
     res = fpo_fn(cfg, variant, seed, out_dir, sft_dir, use_grounding=(method == "fpo"), **extra)
     t_train = time.perf_counter() - t0
     model, tok = getattr(res, "model", None), getattr(res, "tokenizer", None)
@@ -587,7 +612,8 @@ def run_pref_cell(method: str, seed: int, acfg: AblationConfig, fpo_cfg, variant
     system = evaluate_cell(model, tok, row, out_dir, acfg, test if test is not None else load_test(acfg))
     parts = {"train": t_train, "evaluate": time.perf_counter() - t0}
     train = dict(getattr(res, "metrics", None) or {})
-    payload = _payload(row, seed, acfg, variant, system, train, parts, {"continues_from": str(sft_dir.name)})
+    payload = _payload(row, seed, acfg, variant, system, train, parts, {"continues_from": str(sft_dir.name)},
+                       logged=_stage_times("fpo", res))
     _prune(out_dir, acfg.keep_models)
     write_cell(out_dir, payload, [{**r, "seed": int(seed)} for r in system.rows])
     return payload
@@ -1001,12 +1027,15 @@ def cell_schedule(cells: Mapping) -> dict:
     return {k: v[0] if len(v) == 1 else v for k, v in seen.items()}
 
 
-def timing(cells: Mapping) -> dict:
-    """Wall times of the cells (seconds, as each cell recorded them)."""
-    secs = {f"{row}/{seed}": float(c.get("seconds") or 0.0) for (row, seed), c in cells.items()}
+def cell_wall_times(cells: Mapping, study: str = "ablation", timing_root: str | Path | None = None) -> dict:
+    """Wall times of ``cells`` (``{(row, seed): ...}`` of ``study``) from their timing logs (0 for a cell
+    with none). Never written to a hashed output; ``python -m d2lib.bench`` reports the whole pipeline's."""
+    secs = {f"{row}/{seed}": float(timing.read(f"{study}/{row}/{seed}", root=timing_root).get("seconds") or 0.0)
+            for row, seed in cells}
     by_row: dict[str, float] = {}
-    for (row, _), c in cells.items():
-        by_row[row] = by_row.get(row, 0.0) + float(c.get("seconds") or 0.0)
+    for name, sec in secs.items():
+        row = name.split("/", 1)[0]
+        by_row[row] = by_row.get(row, 0.0) + sec
     return {"cells_s": round(sum(secs.values()), 1), "n_cells": len(secs),
             "mean_cell_s": round(sum(secs.values()) / max(len(secs), 1), 1),
             "rows_s": {k: round(v, 1) for k, v in by_row.items()}, "per_cell_s": secs}
@@ -1055,11 +1084,9 @@ def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path
         "claim_counts": claim_counts(claims),
         "query_control": {"rule": f"control R@0.5 <= {QUERY_CONTROL_RATIO} x true R@0.5, every seed",
                           "rows": query_control_summary(qtable)},
-        "timing": timing(cells),
     }
-    obj["timing"]["aggregate_s"] = round(time.perf_counter() - t0, 2)
-    obj["seconds"] = obj["timing"]["aggregate_s"]
     formats.write_json(_clean(obj), metrics_path)
+    timing.log("ablation_aggregate", seconds=time.perf_counter() - t0)
     return {"json": obj, "table": table, "claims": claims, "per_seed": per_seed}
 
 
@@ -1113,13 +1140,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p = run_cell(args.variant, args.seed, args.profile)
         v = p["values"]
         show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("F1(gnd)", "F1(cap)", "charades.R1@0.5")}
-        print(f"{p['label']} seed {p['seed']}: {show}  ({p['seconds']:.0f} s) -> {cell_dir(p['row'], p['seed'])}")
+        print(f"{p['label']} seed {p['seed']}: {show} -> {cell_dir(p['row'], p['seed'])}")
     else:
         res = aggregate(load_config(args.profile))
         print(wide_table(res["table"]).to_string())
         if res["json"]["statement"]:
             print("\n" + res["json"]["statement"])
-        print(f"\ncells: {res['json']['timing']['n_cells']}, {res['json']['timing']['cells_s']:.0f} s in all")
 
 
 if __name__ == "__main__":
@@ -1133,4 +1159,4 @@ __all__ = ["query_use", "QUERY_CONTROL_RATIO", "claim_counts", "query_control_ta
            "metric_value", "load_test", "evaluate_cell", "count_frame_tokens", "inference_summary", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell",
            "t_interval", "record_values", "video_bootstrap", "verdict", "read_cell", "load_cells", "load_records",
            "cells_frame", "seed_mean_records", "summarize", "wide_table", "compare", "claim_verdict",
-           "evaluate_claims", "claims_statement", "schedule_text", "cell_schedule", "timing", "aggregate", "main"]
+           "evaluate_claims", "claims_statement", "schedule_text", "cell_schedule", "cell_wall_times", "aggregate", "main"]

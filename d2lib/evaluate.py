@@ -15,9 +15,12 @@ e.g. ``sft``) and the baselines in ``evaluate.baselines`` — :func:`run`:
    ``artifacts/evaluate/<system>/``: ``etbench/submission.json`` (records with ``a``),
    ``timechat/tvg_pred.json`` + ``tvg_gt.json``, ``timechat/dvc_pred.json`` +
    ``<split>.caption_coco_format.json`` (TimeChat takes the split from that name), and
-   ``details.json`` (every number, parse-path histograms included);
+   ``details.json`` (every number, parse-path histograms included; the files by their path relative to
+   the system's folder);
 4. one row per (system, record) for failure analysis (:func:`record_rows`) →
    ``artifacts/plots/evaluate_records.csv``; the compact metrics → ``artifacts/metrics/evaluate.json``.
+   Each system's wall time (``SystemResult.seconds``) goes to the timing log ``evaluate``
+   (:mod:`d2lib.timing`), not into the metrics.
 
 Baselines (:mod:`d2lib.baselines`): ``random`` (uniform span), ``prior`` (the mean normalised span of
 the training split's GT, per task), ``whole`` (the whole video — the answer of a collapsed model) and ``tfvtg`` (the training-free TFVTG-style scorer over frame–query
@@ -30,6 +33,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from . import baselines, formats, metrics, paths, stats
+from . import baselines, formats, metrics, paths, stats, timing
 from .config import check
 from .parsing import EVIDENCE_DELIMITER, parse_spans, split_evidence
 from .spans import iou, iou_matrix, order_span
@@ -576,7 +580,8 @@ def compact(scores: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class SystemResult:
-    """One evaluated system: its answers, per-record rows, all scores, compact metrics, files, seconds."""
+    """One evaluated system: its answers, per-record rows, all scores, compact metrics, files (absolute
+    paths), seconds (wall time, kept in memory and in the timing log only)."""
 
     name: str
     kind: str  # "model" | "baseline"
@@ -605,9 +610,9 @@ def evaluate_system(name: str, kind: str, answered: Sequence[Mapping], delimiter
     m["ci"] = headline_cis(rows, cfg.n_boot, cfg.ci_level, cfg.seed, evidence=delimiter is not None)
     m.update(kind=kind, evidence_stage=delimiter is not None, n_records=len(answered))
     secs = seconds + time.perf_counter() - t0
-    m["seconds"] = round(secs, 2)
     formats.write_json({"name": name, "kind": kind, "delimiter": delimiter, "scores": scores, "ci": m["ci"],
-                        "files": files}, out_dir / "details.json")
+                        "files": {k: Path(os.path.relpath(v, out_dir)).as_posix() for k, v in files.items()}},
+                       out_dir / "details.json")
     return SystemResult(name, kind, delimiter, answered, rows, scores, m, files, secs)
 
 
@@ -708,13 +713,14 @@ def evaluate_baseline(name: str, records: Sequence[Mapping], frames: Mapping, me
 
 def run(cfg: EvaluateConfig, out_root: str | Path | None = None, records: Sequence[Mapping] | None = None,
         frames: Mapping | None = None, metas: Mapping | None = None, train_records: Sequence[Mapping] | None = None,
-        progress: bool = False) -> dict[str, SystemResult]:
+        progress: bool = False, timing_name: str | None = "evaluate") -> dict[str, SystemResult]:
     """Evaluate every model of ``cfg.models`` and every baseline of ``cfg.baselines`` (module docstring).
 
     Defaults read the Shapes split ``cfg.split`` (records + metas from ``data/shapes``, frames from the
     ``prepare`` cache) and the training records (for the prior); tests pass their own. Writes
     ``<out_root>/<system>/...`` (default ``artifacts/evaluate``) and returns ``{system: SystemResult}``;
-    :func:`write_outputs` writes the metrics JSON and the per-record CSV.
+    :func:`write_outputs` writes the metrics JSON and the per-record CSV. Each system's seconds go to the
+    timing log ``timing_name`` as ``<system>_s`` (``None``: not logged).
     """
     from . import data, datasets
 
@@ -737,6 +743,8 @@ def run(cfg: EvaluateConfig, out_root: str | Path | None = None, records: Sequen
         results[system_name(name)] = evaluate_model(name, records, frames, metas, cfg, out_root, progress)
     for name in cfg.baselines:
         results[name] = evaluate_baseline(name, records, frames, metas, train_records or [], cfg, out_root, progress)
+    if timing_name:
+        timing.log(timing_name, **{f"{name}_s": res.seconds for name, res in results.items()})
     return results
 
 

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, infer, lora, paths, preference, sft, tokens, train
+from . import data, infer, lora, paths, preference, sft, timing, tokens, train
 from .config import check
 from .losses import fpo_loss, grounding_loglik, response_logprob, sequence_logprob
 from .model import D2VLM, D2Output, Variant
@@ -517,9 +517,19 @@ def load_videos(model: D2VLM, cfg: FPOConfig, split: str, videos: set[str] | Non
     return data.tower_features(model, data.load_frames(split, videos))
 
 
+def _project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when it lies inside it (metrics hold no absolute path)."""
+    path = Path(path).absolute()
+    try:
+        return path.relative_to(paths.repo_root()).as_posix()
+    except (ValueError, FileNotFoundError):
+        return str(path)
+
+
 def run(cfg: FPOConfig, variant: Variant, seed: int | None = None, out_dir: str | Path | None = None,
         sft_dir: str | Path | None = None, use_grounding: bool | None = None, use_reference: bool | None = None,
-        progress: bool = True, resume: bool = False, score_before: bool = True) -> FPOResult:
+        progress: bool = True, resume: bool = False, score_before: bool = True,
+        timing_name: str | None = "fpo") -> FPOResult:
     """Preference-optimise the SFT model in ``sft_dir`` (default ``artifacts/sft``) into ``out_dir``
     (default ``artifacts/fpo``) with seed ``seed`` (default ``cfg.seed``).
 
@@ -528,7 +538,9 @@ def run(cfg: FPOConfig, variant: Variant, seed: int | None = None, out_dir: str 
     (the before/after comparison; it is the policy at step 0). Writes ``loss.csv``, ``val.csv``,
     ``pairs_val.csv`` (per val pair: log π terms before/after), ``final/`` (merged model +
     ``adapter/``) and returns an :class:`FPOResult` whose ``metrics`` hold the method, pair counts,
-    val preference accuracy before/after, the val tvg scores after, the final losses and timings."""
+    val preference accuracy before/after, the val tvg scores after and the final losses. The wall times
+    (``FPOResult.seconds``) go to the timing log ``timing_name`` (:mod:`d2lib.timing`; ``None``: not
+    logged — an ablation cell logs them in its own)."""
     seed = cfg.seed if seed is None else seed
     use_grounding = cfg.use_grounding if use_grounding is None else use_grounding
     use_reference = cfg.use_reference if use_reference is None else use_reference
@@ -595,7 +607,7 @@ def run(cfg: FPOConfig, variant: Variant, seed: int | None = None, out_dir: str 
     metrics = {
         "method": method_name(use_grounding), "use_grounding": use_grounding, "use_reference": use_reference,
         "beta": cfg.beta,
-        "variant": dataclasses.asdict(variant), "seed": seed, "steps": res.steps, "sft_dir": str(sft_dir),
+        "variant": dataclasses.asdict(variant), "seed": seed, "steps": res.steps, "sft_dir": _project_path(sft_dir),
         "tasks": list(cfg.tasks), "sft_tasks": seen,
         "pairs": {"train": len(tr_pairs), "val": len(va_pairs), "train_types": preference.type_counts(tr_pairs),
                   "val_types": preference.type_counts(va_pairs)},
@@ -608,8 +620,9 @@ def run(cfg: FPOConfig, variant: Variant, seed: int | None = None, out_dir: str 
         "train": {k: res.last.get(k) for k in ("loss", "sft_loss", "fpo_loss", "reward_margin", "text_margin",
                                                  "ground_margin", "acc")},
         "trainable": lora.trainable_summary(model),
-        "seconds": {k: round(v, 2) for k, v in secs.items()},
     }
+    if timing_name:
+        timing.log(timing_name, **{f"{k}_s": v for k, v in secs.items()}, steps_per_s=res.steps_per_s)
     return FPOResult(model, tok, res, out_dir, metrics, secs, before, after, tr_pairs, va_pairs, tvg_ious)
 
 

@@ -20,12 +20,15 @@ Two kinds of rows, both listed in params ``peers`` (adding a row needs no code):
   tvg only: its dvc F1 is *not applicable* (``None``), never a number.
 
 One process per cell: ``python -m d2lib.peers cell --row R --seed S`` → ``artifacts/peers/<row>/<seed>/``
-(``metrics.json``, ``records.csv``; the layout of the ablation's cells plus ``metrics.inference``: seconds,
-per query, frame tokens per prompt). ``python -m d2lib.peers aggregate`` (stage ``peers_aggregate``) writes
+(``metrics.json``, ``records.csv``; the layout of the ablation's cells plus ``metrics.inference``: queries,
+frame tokens per prompt, frames per video); its wall times go to the timing log ``peers/<row>/<seed>``
+(:mod:`d2lib.timing`). ``python -m d2lib.peers aggregate`` (stage ``peers_aggregate``) writes
 ``artifacts/metrics/peers.json`` and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
-mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, frame tokens per video,
-train seconds, inference seconds per query and the seeds used; a paired comparison of every row with
-``peers.baseline`` and a statement computed from them.
+mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, the costs the code and
+data decide (frame tokens per video, training steps, trainable parameters) and the seeds used; a paired
+comparison of every row with ``peers.baseline`` and a statement computed from them. Wall times (training,
+inference per query) are this machine's, not the row's: ``python -m d2lib.bench`` reports them from the
+timing logs.
 
 Seeds: ``peers.seeds`` (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``;
 a ``from_ablation`` row needs each of them in ``ablation.seeds``).
@@ -54,7 +57,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from . import ablation, paths
+from . import ablation, paths, timing
 from .config import check
 from .univtg import ROW as UNIVTG, UniVTGConfig
 
@@ -236,7 +239,7 @@ def run_llm_cell(row: str, seed: int, pcfg: PeersConfig, sft_cfg, variants, out_
     acfg = pcfg.ablation_config()
     out_dir = Path(out_dir) if out_dir is not None else cell_dir(row, seed)
     return ablation.run_sft_cell(row, seed, acfg, sft_cfg, variants, out_dir=out_dir, align_dir=align_dir,
-                                 test=test, train_fn=train_fn)
+                                 test=test, train_fn=train_fn, timing_name=f"peers/{row}/{seed}")
 
 
 def load_test(pcfg: PeersConfig, tasks: Sequence[str] = ("tvg",)):
@@ -261,7 +264,8 @@ def run_univtg_cell(seed: int, pcfg: PeersConfig, out_dir: str | Path | None = N
                     align_dir: str | Path | None = None, test=None) -> dict:
     """The specialist's cell: :func:`d2lib.univtg.run` (train tvg), then the test tvg records — the frozen
     align tower encodes the test frames (timed as inference with the specialist's forward pass) — scored by
-    :func:`d2lib.evaluate.evaluate_system`. Keeps ``univtg.pt`` (small) for the lesson's pictures."""
+    :func:`d2lib.evaluate.evaluate_system`. Keeps ``univtg.pt`` (small) for the lesson's pictures; the wall
+    times go to the timing log ``peers/univtg/<seed>``."""
     from . import evaluate, univtg
 
     out_dir = Path(out_dir) if out_dir is not None else cell_dir(UNIVTG, seed)
@@ -280,17 +284,20 @@ def run_univtg_cell(seed: int, pcfg: PeersConfig, out_dir: str | Path | None = N
     system = evaluate.evaluate_system(UNIVTG, "specialist", answered, None, metas, specialist_eval_config(pcfg),
                                       out_dir / "evaluate", t_infer)
     m = dict(system.metrics)
-    m["inference"] = ablation.inference_summary(t_infer, answered, frames, [len(feats[r["video"]]) for r in answered])
+    m["inference"] = ablation.inference_summary(answered, frames, [len(feats[r["video"]]) for r in answered])
     m["inference"]["frame_tokens_note"] = "frame features per video (no LLM)"
     univtg.save(res.model, out_dir)
     _write_csv(res.log, out_dir / "loss.csv")
+    timing.log(f"peers/{UNIVTG}/{seed}", seconds=time.time() - _PROCESS_START, train_s=t_train,
+               evaluate_s=t_infer + time.perf_counter() - t0, infer_s=t_infer,
+               infer_s_per_query=t_infer / max(len(answered), 1),
+               **{f"univtg_{k}_s": v for k, v in res.seconds.items()})
     payload = {
         "row": UNIVTG, "label": label(UNIVTG), "seed": int(seed), "kind": "specialist", "variant": None,
         "switches": dataclasses.asdict(cfg), "schedule": pcfg.schedule(),
         "values": {k: ablation.metric_value(m, k) for k in ablation.ALL_METRICS},
         "metrics": m, "n_records": len(answered), "n_videos": len({r["video"] for r in answered}),
-        "train": res.metrics, "seconds": round(time.time() - _PROCESS_START, 2),
-        "seconds_parts": {"train": round(t_train, 2), "evaluate": round(t_infer + time.perf_counter() - t0, 2)},
+        "train": res.metrics,
     }
     payload["values"]["F1(cap)"] = None  # not applicable: the specialist answers tvg only
     ablation.write_cell(out_dir, payload, [{**r, "seed": int(seed)} for r in system.rows])
@@ -366,9 +373,19 @@ def load_records(cells: Mapping, root: str | Path | None = None, pcfg: PeersConf
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _trainable(cell: Mapping):
+    """Trainable parameters of a cell's model: the LLM rows' ``train.trainable.trainable`` (LoRA, heads and
+    fully trained modules), the specialist's ``train.params`` (it trains every parameter)."""
+    tr = cell.get("train") or {}
+    t = tr.get("trainable")
+    return t.get("trainable") if isinstance(t, Mapping) else tr.get("params")
+
+
 def costs(cells: Mapping, row: str) -> dict:
-    """A row's costs, averaged over its seeds: frame tokens per video (what the LLM reads per prompt; the
-    specialist: frame features), frames per video, train seconds, inference seconds per query; seeds used."""
+    """A row's costs as its code, params and data decide them, averaged over its seeds: frame tokens per video
+    (what the LLM reads per prompt; the specialist: frame features), frames per video, training steps and
+    trainable parameters; the seeds used. Wall times depend on the machine: ``python -m d2lib.bench``
+    reports them from the cells' timing logs."""
     cs = [c for (r, _), c in cells.items() if r == row]
 
     def mean(get):
@@ -380,8 +397,8 @@ def costs(cells: Mapping, row: str) -> dict:
     return {"kind": cs[0].get("kind") if cs else None,
             "frame_tokens": mean(lambda c: inf(c, "frame_tokens")),
             "frames_per_video": mean(lambda c: inf(c, "frames_per_video")),
-            "train_s": mean(lambda c: (c.get("seconds_parts") or {}).get("train")),
-            "infer_s_per_query": mean(lambda c: inf(c, "s_per_query")),
+            "train_steps": mean(lambda c: (c.get("train") or {}).get("steps")),
+            "trainable_params": mean(_trainable),
             "n_queries": mean(lambda c: inf(c, "n_queries")),
             "source": cs[0].get("source", "peers") if cs else None,
             "seeds": sorted(int(s) for (r, s) in cells if r == row)}
@@ -404,8 +421,8 @@ def results_table(per_seed, records, cells: Mapping, rows: Sequence[str], level:
                               ("_boot_high", "boot_high")):
                 line[col + suffix] = float(d.loc[m, k]) if m in d.index else math.nan
         c = costs(cells, row)
-        line.update({k: c[k] for k in ("kind", "source", "frame_tokens", "frames_per_video", "train_s",
-                                       "infer_s_per_query")})
+        line.update({k: c[k] for k in ("kind", "source", "frame_tokens", "frames_per_video", "train_steps",
+                                       "trainable_params")})
         line["seeds"] = " ".join(map(str, c["seeds"]))
         line["n_seeds"] = len(c["seeds"])
         out.append(line)
@@ -429,8 +446,8 @@ def display_table(table, digits: int = 1):
             else:
                 line[col] = f"{100 * mean:.{digits}f}"
         line["frame tokens / video"] = _num(d["frame_tokens"], 1)
-        line["train s"] = _num(d["train_s"], 0)
-        line["inference ms / query"] = _num(None if d["infer_s_per_query"] is None else 1000 * d["infer_s_per_query"], 1)
+        line["train steps"] = _num(d["train_steps"], 0)
+        line["trainable params"] = f"{d['trainable_params']:,.0f}" if _finite(d["trainable_params"]) else "—"
         line["seeds"] = f"{d['n_seeds']} ({d['seeds']})"
         line["cells"] = "ablation's" if d.get("source") == "ablation" else "peers'"
         out[d["label"]] = line
@@ -485,10 +502,10 @@ def statement(table, comps, baseline: str) -> str:
         cost = []
         if _finite(r["frame_tokens"]) and _finite(b["frame_tokens"]):
             cost.append(f"{r['frame_tokens']:.1f} vs {b['frame_tokens']:.1f} frame tokens/video")
-        if _finite(r["train_s"]) and _finite(b["train_s"]):
-            cost.append(f"trains in {r['train_s']:.0f} s vs {b['train_s']:.0f} s")
-        if _finite(r["infer_s_per_query"]) and _finite(b["infer_s_per_query"]):
-            cost.append(f"{1000 * r['infer_s_per_query']:.1f} vs {1000 * b['infer_s_per_query']:.1f} ms/query")
+        if _finite(r["trainable_params"]) and _finite(b["trainable_params"]):
+            cost.append(f"{r['trainable_params']:,.0f} vs {b['trainable_params']:,.0f} trainable parameters")
+        if _finite(r["train_steps"]) and _finite(b["train_steps"]) and r["train_steps"] != b["train_steps"]:
+            cost.append(f"{r['train_steps']:.0f} vs {b['train_steps']:.0f} training steps")
         seeds = f"{int(r['n_seeds'])} seed(s)"
         lines.append(f"- {label(row)} vs {label(baseline)}: " + "; ".join(parts) + (f"; {', '.join(cost)}" if cost else "")
                      + f"; {seeds}.")
@@ -520,7 +537,7 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
         "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(own)}},
         "from_ablation": {"rows": list(pcfg.from_ablation),
                           "note": "cells trained by the ablation with the same schedule (checked), scored here on "
-                                  "peers.eval_tasks only; their inference ms/query averages the ablation's tasks"},
+                                  "peers.eval_tasks only"},
         "interval": {"low/high": f"t-interval over seeds ({100 * pcfg.ci_level:.0f}%; none with one seed)",
                      "boot_low/boot_high": f"bootstrap over test videos ({pcfg.n_boot} resamples)"},
         "rows": {r["row"]: {"label": r["label"], "kind": r["kind"],
@@ -536,10 +553,9 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
                         for c in comps.itertuples()},
         "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
         "statement": text,
-        "timing": ablation.timing(own),
     }
-    obj["timing"]["aggregate_s"] = round(time.perf_counter() - t0, 2)
     formats.write_json(ablation._clean(obj), metrics_path)
+    timing.log("peers_aggregate", seconds=time.perf_counter() - t0)
     return {"json": obj, "table": table, "comparisons": comps, "per_seed": per_seed, "records": records}
 
 
@@ -566,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p = run_cell(args.row, args.seed, args.profile)
         v = p["values"]
         show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("charades.R1@0.5", "charades.mIoU", "F1(cap)")}
-        print(f"{label(p['row'])} seed {p['seed']}: {show}  ({p['seconds']:.0f} s) -> {cell_dir(p['row'], p['seed'])}")
+        print(f"{label(p['row'])} seed {p['seed']}: {show} -> {cell_dir(p['row'], p['seed'])}")
     else:
         res = aggregate(load_config(args.profile))
         print(display_table(res["table"]).to_string())

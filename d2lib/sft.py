@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import align, data, infer, lora, paths, timerep, tokenbudget, tokens, train
+from . import align, data, infer, lora, paths, timerep, timing, tokenbudget, tokens, train
 from .model import D2VLM, Variant
 from .train import SFTConfig, StageResult
 
@@ -122,11 +122,13 @@ def features_dir(cfg: SFTConfig, out_dir=None, align_dir=None) -> Path:
 
 def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str | Path | None = None,
         align_dir: str | Path | None = None, progress: bool = True, resume: bool = False,
-        feature_splits=("train", "val", "test")) -> SFTResult:
+        feature_splits=("train", "val", "test"), timing_name: str | None = "sft") -> SFTResult:
     """Fine-tune the aligned model in ``variant``'s response layout with seed ``seed`` (default
     ``cfg.seed``) into ``out_dir`` (default ``artifacts/sft``); returns an :class:`SFTResult` whose
     ``metrics`` hold the val tvg scores (answer stage and ``evi_`` evidence stage), the
-    random-span baseline on the same queries (``random_*``), the final losses and timings."""
+    random-span baseline on the same queries (``random_*``) and the final losses. The wall times
+    (``SFTResult.seconds``) go to the timing log ``timing_name`` (:mod:`d2lib.timing`; ``None``: not
+    logged — an ablation cell logs them in its own)."""
     seed = cfg.seed if seed is None else seed
     cfg = dataclasses.replace(cfg, seed=seed)
     out_dir = Path(out_dir or out_dir_default())
@@ -165,8 +167,9 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
                "layout": layout, "queries": sum(e.get("n_queries", 1) for e in examples),
                "val_tvg": scores, "random_tvg": rand,
                "train": {k: last.get(k) for k in ("loss", "lm_loss", "grounding_loss", "consistency_loss")},
-               "trainable": lora.trainable_summary(model),
-               "seconds": {k: round(v, 2) for k, v in secs.items()}}
+               "trainable": lora.trainable_summary(model)}
+    if timing_name:
+        timing.log(timing_name, **{f"{k}_s": v for k, v in secs.items()}, steps_per_s=res.steps_per_s)
     return SFTResult(model, tok, res, out_dir, metrics, secs)
 
 

@@ -485,7 +485,8 @@ def load(folder: str | Path) -> UniVTG:
 @dataclass
 class UniVTGResult:
     """What :func:`run` returns: the trained model, the align model and tokenizer it read features with,
-    the loss log, val tvg scores, and seconds."""
+    the loss log, the metrics (val tvg scores; no wall time) and the wall times in seconds (the peers
+    cell logs them: :mod:`d2lib.timing`)."""
 
     model: UniVTG
     align_model: object
@@ -531,8 +532,7 @@ def run(cfg: UniVTGConfig, seed: int = 0, align_dir: str | Path | None = None, f
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {"seed": seed, "steps": cfg.steps, "examples": len(examples), "val_tvg": val,
                "train": {k: v for k, v in log[-1].items() if k != "step"}, "params": n_params,
-               "frame_input": cfg.frame_input, "feat_dim": int(feat_dim),
-               "seconds": {k: round(v, 2) for k, v in secs.items()}}
+               "frame_input": cfg.frame_input, "feat_dim": int(feat_dim)}
     return UniVTGResult(model, align_model, tok, log, metrics, secs)
 
 

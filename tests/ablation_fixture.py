@@ -4,7 +4,7 @@
   split rendered and decoded into the frame caches, a tokenizer and an untrained tiny aligned model, and
   a params.yaml whose ``sft``/``ablation`` sections train for two steps — what a real cell reads.
 * :func:`fake_cells` — cell folders (``metrics.json`` + ``records.csv``) with chosen numbers, for the
-  aggregation math and the widgets (no training).
+  aggregation math and the widgets (no training), and each cell's wall time in its timing log.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from d2lib import ablation, data, datasets, synth
+from d2lib import ablation, data, datasets, synth, timing
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
             vision_heads=2, vision_ffn=64)
@@ -101,10 +101,13 @@ def switches(row: str) -> dict:
         return {}
 
 
-def fake_cells(root: Path, quality: dict, seeds=(0, 1, 2), records=None, seed: int = 0) -> dict:
+def fake_cells(root: Path, quality: dict, seeds=(0, 1, 2), records=None, seed: int = 0,
+               timing_root: Path | None = None) -> dict:
     """Write cells ``root/<row>/<seed>/{metrics.json,records.csv}``. ``quality[row]`` is a number or a
     per-seed list: the chance that the row gets a record right; ``values`` are computed from the rows
-    (per-record means, E.T. Bench-style merges), so both intervals have something to resample."""
+    (per-record means, E.T. Bench-style merges), so both intervals have something to resample. The cell of
+    the i-th seed took ``10 + i`` seconds: timing log ``<root's name>/<row>/<seed>`` under ``timing_root``
+    (default ``root/../logs/timing``: ``artifacts/logs/timing`` when ``root`` is ``artifacts/ablation``)."""
     import pandas as pd
 
     records = records if records is not None else fake_records()[0]
@@ -125,7 +128,9 @@ def fake_cells(root: Path, quality: dict, seeds=(0, 1, 2), records=None, seed: i
                            "gvq.Acc": by["gvq"]["score"].mean(), "gvq.mRec": by["gvq"]["score"].mean()})
             payload = {"row": row, "label": ablation.label(row), "seed": s, "switches": switches(row), "kind": ablation.split_row(row)[1] or "sft",
                        "variant": ablation.split_row(row)[0], "schedule": ablation.AblationConfig().schedule(), "values": values,
-                       "metrics": {}, "n_records": len(records), "seconds": 10.0 + i}
+                       "metrics": {}, "n_records": len(records)}
             ablation.write_cell(ablation.cell_dir(row, s, root), payload, [{**r, "seed": s} for r in rows])
+            timing.log(f"{Path(root).name}/{ablation.cell_dir(row, s, root).parent.name}/{s}",
+                       root=timing_root or Path(root).parent / "logs" / "timing", seconds=10.0 + i)
             out[(row, s)] = payload
     return out

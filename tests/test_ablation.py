@@ -11,7 +11,7 @@ import pytest
 
 from ablation_fixture import ABLATION_TINY, fake_cells, fake_records, mini_project
 from d2lib import ablation as A
-from d2lib import config
+from d2lib import config, timing
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (tables)
 
@@ -103,9 +103,10 @@ def test_claims_statement_is_computed_from_the_numbers():
 
 
 # ------------------------------------------------------------------------------ aggregate
-def test_aggregate_writes_table_claims_plots_and_json(tmp_path):
+def test_aggregate_writes_table_claims_plots_and_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("D2LIB_ROOT", str(tmp_path))  # the aggregate's timing log goes under tmp_path/artifacts
     root = tmp_path / "ablation"
-    fake_cells(root, {"coupled": [0.0, 0.05, 0.1], "factorized": [0.9, 0.95, 1.0], "full": 0.7, "full_fpo": 0.75})
+    cells = fake_cells(root, {"coupled": [0.0, 0.05, 0.1], "factorized": [0.9, 0.95, 1.0], "full": 0.7, "full_fpo": 0.75})
     acfg = A.AblationConfig(variants=("coupled", "factorized", "full"), preference=("fpo",), seeds=(0, 1, 2), n_boot=200)
     out = A.aggregate(acfg, root=root, metrics_path=tmp_path / "metrics" / "ablation.json", plots_dir=tmp_path / "plots")
     table = out["table"]
@@ -127,7 +128,10 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path):
     assert j["rows"]["factorized"]["F1(gnd)"]["mean"] == pytest.approx(table[(table.row == "factorized") & (table.metric == "F1(gnd)")]["mean"].iloc[0])
     assert j["rows"]["coupled"]["paper"] == {"F1(gnd)": 21.2, "F1(cap)": 14.3}
     assert j["claims"]["factorize/F1(gnd)"]["verdict"] == "reproduces"
-    assert j["timing"]["n_cells"] == 12 and j["timing"]["cells_s"] == pytest.approx(4 * (10 + 11 + 12))
+    assert "timing" not in j and "seconds" not in j  # wall times live in the timing logs, not in a hashed output
+    assert timing.read("ablation_aggregate", root=tmp_path / "artifacts" / "logs" / "timing")["seconds"] >= 0
+    t = A.cell_wall_times(cells, timing_root=tmp_path / "logs" / "timing")  # fake_cells' logs
+    assert t["n_cells"] == 12 and t["cells_s"] == pytest.approx(4 * (10 + 11 + 12))
     assert j["schedule"] == A.AblationConfig().schedule() and "factoriz" in j["statement"]
     wide = A.wide_table(pd.read_csv(tmp_path / "plots" / "ablation_table.csv"))
     assert wide.loc["coupled", "paper F1(gnd)"] == "21.2" and wide.loc["full+fpo", "paper F1(cap)"] == "37.5"
@@ -171,7 +175,17 @@ def test_matrix_cell_trains_evaluates_and_writes_its_files(project, monkeypatch)
     m = json.loads((d / "metrics.json").read_text())
     assert (m["row"], m["seed"], m["kind"], m["variant"]) == ("full", 0, "sft", "full")
     assert m["schedule"]["sft_steps"] == ABLATION_TINY["sft_steps"] and m["train"]["steps"] == ABLATION_TINY["sft_steps"]
-    assert m["seconds"] > 0 and set(m["seconds_parts"]) == {"train", "evaluate"}
+    assert not {"seconds", "seconds_parts"} & set(m) and "seconds" not in m["train"]
+    assert set(m["metrics"]["inference"]) == {"n_queries", "frame_tokens", "frames_per_video"}
+    logs = project / "artifacts" / "logs" / "timing"
+    log = timing.read("ablation/full/0", root=logs)  # the cell's times: here, never in a hashed file
+    assert log["seconds"] > 0 and {"train_s", "evaluate_s", "infer_s", "infer_s_per_query", "sft_setup_s",
+                                   "sft_train_s", "steps_per_s"} <= set(log)
+    assert not (logs / "sft.json").exists()  # sft.run inside a cell leaves the sft stage's log alone
+    adapter = d / "final" / "adapter"
+    for f in (d / "metrics.json", adapter / "adapter_config.json", adapter / "README.md",
+              d / "evaluate" / "full" / "details.json"):
+        assert str(project) not in f.read_text(), f  # no absolute path in what DVC hashes
     assert set(m["values"]) == set(A.ALL_METRICS) and m["values"]["F1(gnd)"] is not None
     assert m["values"]["Sim(cap)"] is None  # caption_metrics off: not computed, not 0
     assert m["n_videos"] == ABLATION_TINY["eval_max_videos"]
@@ -225,6 +239,11 @@ def test_preference_row_with_the_real_fpo_run(project, monkeypatch):
     assert p["train"]["steps"] == ABLATION_TINY["fpo_steps"]  # the ablation budget replaced fpo.steps
     d = project / "artifacts" / "ablation" / "full_dpo" / "0"
     assert (d / "metrics.json").is_file() and len(pd.read_csv(d / "records.csv")) == p["n_records"]
+    assert "seconds" not in p["train"] and p["train"]["sft_dir"] == "artifacts/ablation/full/0"
+    assert str(project) not in (d / "metrics.json").read_text()
+    log = timing.read("ablation/full_dpo/0", root=project / "artifacts" / "logs" / "timing")
+    assert {"seconds", "train_s", "evaluate_s", "fpo_setup_s", "fpo_train_s", "steps_per_s"} <= set(log)
+    assert not (project / "artifacts" / "logs" / "timing" / "fpo.json").exists()
 
 
 def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
@@ -243,7 +262,8 @@ def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
     # the peers study counts in the total and the 45-minute budget, not in the 30-minute one
     peer = root / "artifacts" / "peers" / "univtg" / "0"
     peer.mkdir(parents=True)
-    (peer / "metrics.json").write_text('{"seconds": 1000.0}')
+    (peer / "metrics.json").write_text("{}")
+    timing.log("peers/univtg/0", root=root / "artifacts" / "logs" / "timing", seconds=1000.0)
     (root / "params.yaml").write_text((root / "params.yaml").read_text()
                                       + "peers:\n  rows: []\n  specialists: [univtg]\n  seeds: [0]\n")
     nb = root / "artifacts" / "notebooks"
@@ -256,13 +276,13 @@ def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
     assert p["budget_met"] is True and p["budget_with_peers_met"] is True
     assert p["make_repro"] is None and p["with_peers_basis"] == "sum of stage times"
     # a complete make repro's wall time decides the 45-minute budget; a partial or failed one does not
-    timing = root / "artifacts" / "repro_timing.json"
-    timing.write_text(json.dumps({"wall_s": 3000.0, "cores": 2, "stages": 5, "ran": 5, "complete": True,
+    repro_timing = root / "artifacts" / "repro_timing.json"
+    repro_timing.write_text(json.dumps({"wall_s": 3000.0, "cores": 2, "stages": 5, "ran": 5, "complete": True,
                                   "failed": []}))
     p = bench.pipeline_times()
     assert p["with_peers_s"] == 3000.0 and p["budget_with_peers_met"] is False
     assert p["make_repro"]["ran"] == 5 and p["budget_met"] is True  # the 30-minute one stays on the sum
-    timing.write_text(json.dumps({"wall_s": 60.0, "cores": 2, "stages": 5, "ran": 2, "complete": False,
+    repro_timing.write_text(json.dumps({"wall_s": 60.0, "cores": 2, "stages": 5, "ran": 2, "complete": False,
                                   "failed": []}))
     p = bench.pipeline_times()
     assert p["with_peers_s"] == pytest.approx(1342) and p["with_peers_basis"] == "sum of stage times"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib import config, data, evaluate as ev, formats, synth, tokens
+from d2lib import config, data, evaluate as ev, formats, synth, timing, tokens
 from d2lib.model import D2VLM, ModelConfig, VariantsConfig
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
@@ -109,7 +109,8 @@ def test_per_record_scores_match_the_protocols(split, tmp_path):
     assert res.metrics["ci"]["tvg.F1"]["estimate"] == pytest.approx(tasks["tvg"]["F1"])
 
 
-def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_path):
+def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("D2LIB_ROOT", str(tmp_path))  # the stage's timing log goes under tmp_path/artifacts
     records, metas, frames, train = split
     cfg = _cfg(models=(str(tiny_model),), tfvtg=ev.TFVTGConfig(model=str(tiny_model), min_len=2))
     res = ev.run(cfg, out_root=tmp_path / "evaluate", records=records, frames=frames, metas=metas,
@@ -129,6 +130,9 @@ def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_pa
     assert len(formats.read_timechat_dvc_gt(d / "timechat" / "test.caption_coco_format.json")["annotations"]) == len(dvc)
     details = json.loads((d / "details.json").read_text())
     assert set(details["scores"]) == {"etbench", "charades", "youcook2"}
+    # files relative to the system's folder in details.json (absolute in memory)
+    assert details["files"]["etbench"] == "etbench/submission.json" and str(tmp_path) not in (d / "details.json").read_text()
+    assert all((d / f).is_file() for f in details["files"].values()) and res[name].files["etbench"] == str(d / "etbench" / "submission.json")
     # baselines: tvg + tal only, no evidence stage, no dvc files
     for b in ev.BASELINES:
         bsub = formats.read_etbench_submission(tmp_path / "evaluate" / b / "etbench" / "submission.json")
@@ -137,6 +141,9 @@ def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_pa
     # metrics: expected keys
     m = json.loads(mpath.read_text())
     assert m["split"] == "test" and set(m["systems"]) == {name, *ev.BASELINES}
+    assert not any("seconds" in sm for sm in m["systems"].values())  # wall times: the timing log only
+    log = timing.read("evaluate", root=tmp_path / "artifacts" / "logs" / "timing")
+    assert set(log) >= {f"{s}_s" for s in m["systems"]} and log[f"{name}_s"] == pytest.approx(res[name].seconds, abs=1e-3)
     sm = m["systems"][name]
     assert {"F1(gnd)", "F1(gnd)_evi", "Acc(ref)", "F1(cap)", "Sim(cap)", "Rec(com)"} <= set(sm["etbench"]["merged"])
     assert set(sm["etbench"]["tasks"]) == set(ev.TASKS)

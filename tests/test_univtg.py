@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ablation_fixture import fake_cells, fake_records, mini_project
-from d2lib import ablation, config, peers, univtg
+from d2lib import ablation, config, peers, timing, univtg
 from d2lib.config import ConfigError
 
 
@@ -161,13 +161,14 @@ def test_config_validation_names_the_key():
 def _fixture_cells(root):
     records, _ = fake_records()
     cells = fake_cells(root, {"full": 0.7, "text_timestamps": 0.2, "univtg": 0.9}, seeds=(0,), records=records)
-    inference = {"full": (8.0, 40.0, 0.5), "text_timestamps": (8.0, 40.0, 0.4), "univtg": (0.5, 40.0, 0.002)}
+    # frame tokens per video, frames per video, training steps, trainable parameters (LLM rows: LoRA + heads)
+    costs = {"full": (8.0, 40.0, 200, 5000), "text_timestamps": (40.0, 40.0, 200, 4000), "univtg": (40.0, 40.0, 300, 900)}
     for (row, seed), c in cells.items():
         d = peers.cell_dir(row, seed, root)
-        tokens, frames, spq = inference[row]
-        c["metrics"] = {"inference": {"seconds": spq * 10, "n_queries": 10, "s_per_query": spq,
-                                      "frame_tokens": frames, "frames_per_video": frames}}
-        c["seconds_parts"] = {"train": 100.0 * tokens, "evaluate": 5.0}
+        tokens, frames, steps, params = costs[row]
+        c["metrics"] = {"inference": {"n_queries": 10, "frame_tokens": tokens, "frames_per_video": frames}}
+        c["train"] = ({"steps": steps, "params": params} if row == "univtg" else
+                      {"steps": steps, "trainable": {"trainable": params, "total": 10 * params}})
         if row == "univtg":
             c["kind"] = "specialist"
             rec = pd.read_csv(d / "records.csv")
@@ -177,7 +178,8 @@ def _fixture_cells(root):
     return cells
 
 
-def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path):
+def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path, monkeypatch):
+    monkeypatch.setenv("D2LIB_ROOT", str(tmp_path))  # the aggregate's timing log goes under tmp_path/artifacts
     root = tmp_path / "peers"
     cells = _fixture_cells(root)
     pcfg = peers.PeersConfig(rows=("full", "text_timestamps"), specialists=("univtg",), seeds=(0,), n_boot=200)
@@ -192,9 +194,13 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path):
         assert table.loc[row, "R@1@0.5_boot_low"] <= table.loc[row, "R@1@0.5"] <= table.loc[row, "R@1@0.5_boot_high"]
         assert table.loc[row, "seeds"] == "0" and table.loc[row, "n_seeds"] == 1
     assert math.isnan(table.loc["univtg", "dvc F1"])  # not applicable, not 0
-    assert table.loc["univtg", "frame_tokens"] == 40.0 and table.loc["univtg", "infer_s_per_query"] == 0.002
+    assert table.loc["univtg", "frame_tokens"] == 40.0 and table.loc["univtg", "trainable_params"] == 900
+    assert table.loc["full", "trainable_params"] == 5000 and table.loc["univtg", "train_steps"] == 300
+    assert not {"train_s", "infer_s_per_query"} & set(table.columns)  # wall times: the timing logs, via bench
     shown = peers.display_table(out["table"])
     assert shown.loc["UniVTG-style specialist", "dvc F1"] == "n/a" and shown.loc["D²VLM (full)", "seeds"] == "1 (0)"
+    assert shown.loc["D²VLM (full)", "trainable params"] == "5,000" and shown.loc["D²VLM (full)", "train steps"] == "200"
+    assert {"train s", "inference ms / query"}.isdisjoint(shown.columns)
     saved = pd.read_csv(tmp_path / "p" / "peers_table.csv")
     assert np.allclose(saved["R@1@0.5"], out["table"]["R@1@0.5"])
     j = json.loads((tmp_path / "m" / "peers.json").read_text())
@@ -206,12 +212,16 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path):
     assert j["comparisons"]["text_timestamps/charades.R1@0.5"]["verdict"] == "lower"  # 0.2 vs 0.7 on every video
     assert "UniVTG-style specialist vs D²VLM (full): R@1@0.5 " in j["statement"]
     assert f"{100 * diff:+.1f}" in j["statement"] and "1 seed(s)" in j["statement"]
+    assert "900 vs 5,000 trainable parameters" in j["statement"] and "300 vs 200 training steps" in j["statement"]
+    assert " ms" not in j["statement"] and "timing" not in j and j["rows"]["full"]["cost"]["trainable_params"] == 5000
+    assert timing.read("peers_aggregate", root=tmp_path / "artifacts" / "logs" / "timing")["seconds"] >= 0
     with pytest.raises(FileNotFoundError, match="missing peers cell"):
         peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), root=root, metrics_path=tmp_path / "x.json",
                         plots_dir=tmp_path / "q")
 
 
-def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_path):
+def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("D2LIB_ROOT", str(tmp_path))
     records, _ = fake_records()
     abl_root, root = tmp_path / "ablation", tmp_path / "peers"
     reused = fake_cells(abl_root, {"full": 0.7}, seeds=(0,), records=records)
@@ -229,7 +239,7 @@ def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_pat
     assert set(out["records"]["task"]) == set(pcfg.eval_tasks)  # the ablation's other tasks are dropped
     assert peers.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
     j = json.loads((tmp_path / "m.json").read_text())
-    assert j["from_ablation"]["rows"] == ["full"] and set(j["timing"]["per_cell_s"]) == {"text_timestamps/0"}
+    assert j["from_ablation"]["rows"] == ["full"] and "timing" not in j
     assert table.loc["text_timestamps", "R@1@0.5"] == pytest.approx(own[("text_timestamps", 0)]["values"]["charades.R1@0.5"])
     assert "text_timestamps/charades.R1@0.5" in j["comparisons"]
     kw = dict(root=root, ablation_root=abl_root, metrics_path=tmp_path / "x.json", plots_dir=tmp_path / "q")
@@ -254,3 +264,8 @@ def test_univtg_cell_trains_and_scores_on_a_mini_project(tmp_path, monkeypatch):
     assert set(rows["task"]) == {"tvg"} and len(rows) == p["n_records"]
     assert (d / "univtg.pt").is_file() and (d / "metrics.json").is_file() and (d / "loss.csv").is_file()
     assert univtg.load(d).cfg.steps == 3
+    assert not {"seconds", "seconds_parts"} & set(p) and "seconds" not in p["train"]
+    assert "seconds" not in p["metrics"]["inference"] and str(root) not in (d / "metrics.json").read_text()
+    log = timing.read("peers/univtg/0", root=root / "artifacts" / "logs" / "timing")
+    assert log["seconds"] > 0 and {"train_s", "evaluate_s", "infer_s", "infer_s_per_query", "univtg_setup_s",
+                                   "univtg_train_s"} <= set(log)
