@@ -217,27 +217,15 @@ def evidence_similarity(model, records: Sequence[Mapping], videos: Mapping[str, 
                         batch_size: int = 32) -> dict:
     """Does the grounding query depend on the question? Mean cosine similarity of the first ``<evi>``
     feature e_1 (teacher-forced) between tvg queries of the **same** video and of **different** videos.
-    Values near 1 for both mean e_1 ignores the query: every query of a video gets the same span (the
-    "collapse" of DESIGN §9)."""
-    was_training = model.training
-    model.eval()
+    A cosine near 1 is not by itself proof that e_1 ignores the query (a shared component makes it high
+    already at initialisation): :func:`e1_query_share` and :func:`query_control` are the measures the
+    lessons use."""
     tvg = [r for r in records if r["task"] == "tvg"]
-    exs = make_examples(tvg, videos, model.variant, tokenizer)
-    collate = Collator(videos, tokenizer.pad_token_id, kind=video_kind(videos))
-    device = next(model.parameters()).device
-    feats = []
     try:
-        for i in range(0, len(exs), batch_size):
-            batch = {k: v.to(device) for k, v in collate(exs[i:i + batch_size]).items()}
-            out = model(**batch)
-            first = torch.ones_like(batch["evi_batch"], dtype=torch.bool)
-            first[1:] = batch["evi_batch"][1:] != batch["evi_batch"][:-1]
-            feats.append(out.evi_feats[first].float().cpu())
-    finally:
-        model.train(was_training)
-    if not feats or sum(len(f) for f in feats) != len(tvg):
-        raise ValueError("every tvg query needs at least one <evi> in this variant's layout")
-    e = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+        feats = first_evi_features(model, tvg, videos, tokenizer, batch_size)
+    except ValueError:
+        raise ValueError("every tvg query needs at least one <evi> in this variant's layout") from None
+    e = torch.nn.functional.normalize(feats, dim=-1)
     cos = e @ e.T
     vid = [r["video"] for r in tvg]
     same = torch.tensor([[a == b for b in vid] for a in vid])
