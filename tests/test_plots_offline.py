@@ -23,7 +23,8 @@ VEGA = ROOT / "tools" / "vega"
 TEMPLATE = VEGA / "dvc_plots.html"
 URL = re.compile(r"https?://", re.I)
 
-# Made-up contents per declared plot file: header and rows (a second revision scales the numbers).
+# Made-up contents per declared plot file: header and rows (a second revision scales the numbers); a plot
+# not listed here gets its x and y fields as numbers (_generic).
 FAKE = {
     "artifacts/plots/align_loss.csv": (["step", "loss", "lm_loss"], lambda i: [10 * i, 3 / i, 2.9 / i]),
     "artifacts/plots/sft_loss.csv": (["step", "loss", "lm_loss", "grounding_loss", "consistency_loss"],
@@ -55,20 +56,29 @@ def _cells(scale: float) -> list[dict]:
             for k, r in enumerate(rows) for s in range(3) for m in ("F1(gnd)", "F1(cap)", "charades.R1@0.5", "rar.Acc")]
 
 
-def declared_plot_files(dvc_yaml: dict) -> set[str]:
-    files = set()
+def declared_plots(dvc_yaml: dict) -> dict[str, dict]:
+    """``{file: its stage plot properties (or {})}`` for every plot file dvc.yaml declares."""
+    files: dict[str, dict] = {}
     for stage in dvc_yaml["stages"].values():
         for entry in stage.get("plots", []):
-            files.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+            name, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            files[name] = props or {}
     for entry in dvc_yaml.get("plots", []):
-        (name, spec), = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+        name, spec = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
         y = spec.get("y") if isinstance(spec, dict) else None
-        files.update(y if isinstance(y, dict) else [name] if not y else [])
+        for f in (y if isinstance(y, dict) else [name] if not y else []):
+            files.setdefault(f, {})
     return files
 
 
-def write_fake_data(project: Path, files: set[str], scale: float) -> None:
-    for f in sorted(files):
+def _generic(props: dict):
+    """Made-up columns for a plot FAKE does not know: its x and y fields (numbers) and a label."""
+    x, y = props.get("x") or "step", props.get("y") or "value"
+    return [x, y, "label"], lambda i: [float(i), 0.1 * i, f"item {i}"]
+
+
+def write_fake_data(project: Path, files: dict[str, dict], scale: float) -> None:
+    for f, props in sorted(files.items()):
         path = project / f
         path.parent.mkdir(parents=True, exist_ok=True)
         if f.endswith(".png"):
@@ -80,8 +90,7 @@ def write_fake_data(project: Path, files: set[str], scale: float) -> None:
                 w.writeheader()
                 w.writerows(rows)
         else:
-            assert f in FAKE, f"dvc.yaml declares the plot {f}: add made-up data for it to FAKE"
-            header, row = FAKE[f]
+            header, row = FAKE.get(f) or _generic(props)
             with open(path, "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(header)
@@ -118,7 +127,7 @@ def pages(tmp_path_factory):
     shutil.copy(TEMPLATE, project / "tools" / "vega" / TEMPLATE.name)
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / f, project / f)
-    files = declared_plot_files(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    files = declared_plots(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
     write_fake_data(project, files, 1.0)
     _run(["git", "add", "-A"], project)
     _run(["git", "commit", "-q", "-m", "plots"], project)
