@@ -40,7 +40,7 @@ def _root() -> Path:
 
 def executed_lessons(lessons_dir: str | Path) -> list[Path]:
     """The executed lessons in ``lessons_dir`` in reading order (``NN_name.ipynb``); raises
-    :class:`BookError` when there are none or one has no outputs (a notebook that was never run)."""
+    :class:`BookError` when there are none, or one has no outputs (never run) or stopped with an error."""
     d = Path(lessons_dir)
     found = sorted(p for p in d.glob("*.ipynb") if LESSON.fullmatch(p.name)) if d.is_dir() else []
     if not found:
@@ -54,6 +54,11 @@ def executed_lessons(lessons_dir: str | Path) -> list[Path]:
         if code and not any(c.get("outputs") for c in code):
             raise BookError(f"{p} has no outputs: it is a lesson source, not an executed lesson "
                             "(the book reads what papermill wrote under artifacts/notebooks/)")
+        for i, c in enumerate(code):
+            err = next((o for o in c.get("outputs", []) if o.get("output_type") == "error"), None)
+            if err is not None:
+                raise BookError(f"{p} stopped with {err.get('ename')} in code cell {i + 1}: the pipeline did not "
+                                "finish this lesson (re-run its stage; a failed stage's notebook is not a result)")
     return found
 
 
@@ -79,8 +84,10 @@ def stage(lessons: list[Path], src: Path, book_dir: Path, mathjax: Path, missing
     shutil.copytree(mathjax / "output" / "chtml" / "fonts", src / "_static" / "mathjax" / "output" / "chtml" / "fonts")
     shutil.copy(book_dir / "conf.py", src / "conf.py")
     (src / "lessons").mkdir()
-    for p in lessons:
-        shutil.copy(p, src / "lessons" / p.name)
+    for p in lessons:  # without the saved widget state: the site shows widgets' static fallbacks only
+        nb = json.loads(p.read_text(encoding="utf-8"))
+        nb.get("metadata", {}).pop("widgets", None)
+        (src / "lessons" / p.name).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
     intro = (book_dir / "intro.md").read_text(encoding="utf-8").rstrip() + "\n"
     if missing:
         intro += ("\n```{note}\nNot executed yet, so not in this book: " + ", ".join(f"`{m}`" for m in missing)

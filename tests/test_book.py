@@ -59,6 +59,8 @@ def tiny_lesson(path):
         "text/plain": "VBox(children=(...))"})]
     widget.execution_count = 3
     nb.cells = [md, fig, table, widget]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"abc": {
+        "model_name": "VBoxModel", "state": {}}}, "version_major": 2, "version_minor": 0}}
     nbformat.write(nb, path)
     return path
 
@@ -84,7 +86,8 @@ def test_book_has_the_lesson_its_figure_navigation_and_search(site):
     assert imgs and any(p.name in page for p in imgs)  # the figure, as a file of the site
     assert "\\frac{|a \\cap b|}{|a \\cup b|}" in page or "\\frac{|a \\cap b|}" in page  # math for MathJax
     assert "mathjax/tex-chtml-full.js" in page and (site / "_static" / "mathjax" / "tex-chtml-full.js").is_file()
-    assert "explorer snapshot" in page and "widget-view+json" not in page  # the widget's static fallback
+    assert "explorer snapshot" in page  # the widget's static fallback…
+    assert "widget-view+json" not in page and "VBoxModel" not in page  # …not the widget, nor its saved state
     index = (site / "index.html").read_text(encoding="utf-8")
     assert "lessons/01_tiny.html" in index  # navigation: the table of contents
     assert (site / "search.html").is_file()
@@ -111,6 +114,12 @@ def test_book_without_executed_lessons_fails_clearly(tmp_path):
     (tmp_path / "lessons").mkdir()
     nbformat.write(src, tmp_path / "lessons" / "01_x.ipynb")
     with pytest.raises(book.BookError, match="no outputs"):
+        book.build(tmp_path / "lessons", tmp_path / "html")
+    broken = tiny_lesson(tmp_path / "lessons" / "01_x.ipynb")
+    nb = nbformat.read(broken, as_version=4)
+    nb.cells[2].outputs.append(nbformat.v4.new_output("error", ename="KeyError", evalue="'x'", traceback=[]))
+    nbformat.write(nb, broken)
+    with pytest.raises(book.BookError, match="stopped with KeyError in code cell 2"):
         book.build(tmp_path / "lessons", tmp_path / "html")
     res = subprocess.run([sys.executable, "-m", "d2lib.book", "--lessons", str(tmp_path / "nothing"),
                           "--out", str(tmp_path / "html")], capture_output=True, text=True)
