@@ -46,7 +46,8 @@ from . import ablation, plots
 TASKS = ("merged", "tvg", "tal", "dvc", "rar", "gvq")
 DPI = 90
 # JupyterLab 4.6's notebook output area is 833 px wide in a 1280×720 Chromium window with the default
-# layout (file browser open); tests/test_widgets.py measures it again when a browser is installed.
+# layout (file browser open); tests/test_widgets.py checks the explorer against it in JupyterLab when a
+# browser is installed.
 OUTPUT_WIDTH_PX = 833
 CHART_SIZE_IN = (6.4, 3.6)  # 576 × 324 px
 CARD_WIDTH_IN = 9.0  # 810 px

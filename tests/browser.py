@@ -151,21 +151,3 @@ def jupyterlab(workdir: Path, size=(1280, 720)):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-def jupyterlab_output_width(workdir: Path, size=(1280, 720)) -> int:
-    """Width in px of a notebook output area in JupyterLab (default layout) in a ``size`` window."""
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("1")
-    cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1)]
-    nb.cells = [cell]
-    nbformat.write(nb, workdir / "probe.ipynb")
-    with jupyterlab(workdir, size) as (d, open_notebook):
-        open_notebook("probe.ipynb")
-        width = wait_for(d, "var e = document.querySelector('.jp-OutputArea-output');"
-                            " return e && e.getBoundingClientRect().width", timeout=60)
-    if not width:
-        raise AssertionError("JupyterLab did not show the notebook's output")
-    return int(width)
