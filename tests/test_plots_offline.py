@@ -10,6 +10,7 @@ itself, and the committed templates are what ``tools/vega/templates.py`` writes.
 import csv
 import json
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def pages(tmp_path_factory):
 
 
 def _bundles() -> list[str]:
-    build = __import__("importlib").import_module("runpy").run_path(str(VEGA / "build.py"))
+    build = runpy.run_path(str(VEGA / "build.py"))
     return [p.read_text(encoding="utf-8") for p in build["bundle_paths"]().values()]
 
 
@@ -159,7 +160,7 @@ def test_plots_page_has_no_http_reference(pages, page):
 
 
 def test_templates_are_what_the_script_writes():
-    templates = __import__("runpy").run_path(str(VEGA / "templates.py"))["templates"]()
+    templates = runpy.run_path(str(VEGA / "templates.py"))["templates"]()
     on_disk = {p.stem: json.loads(p.read_text()) for p in (ROOT / ".dvc" / "plots").glob("*.json")}
     assert on_disk == templates, "run `.venv/bin/python tools/vega/templates.py` and commit .dvc/plots"
     assert not any(URL.search(json.dumps(t)) for t in on_disk.values())
