@@ -1,6 +1,6 @@
 """The ablation study (lesson ``07_ablations``): variants × seeds, mean ± 95% CI, paired claims.
 
-Every row of DESIGN §4 is trained by the *same* SFT code (:func:`d2lib.sft.run`), switched by its
+Every row of the ablation is trained by the *same* SFT code (:func:`d2lib.sft.run`), switched by its
 ``variants.<name>`` params, once per seed, and evaluated on the Shapes **test** split with the
 evaluate stage's code (:func:`d2lib.evaluate.evaluate_system`). The preference rows ``full+dpo`` and
 ``full+fpo`` continue from the ``full`` cell of the same seed with :func:`d2lib.fpo.run`
@@ -31,11 +31,12 @@ and ``ablation_{cumulative,rows}.png``. Two intervals per number:
   how much it would move on another draw of test videos. Only for metrics that are means of
   per-record scores (not the E.T. Bench caption F1/SentSim).
 
-Training budget. ``make repro`` must run every stage and every cell in 30 minutes on 2 CPU cores
-(DESIGN §8), so the ablation trains with its own, shorter schedule — ``ablation.sft_steps`` SFT steps
-and ``ablation.fpo_steps`` preference steps, the same for every row — and evaluates the first
-``ablation.eval_max_videos`` test videos. Its numbers are therefore lower than stage ``sft``'s, and
-only comparable with each other.
+Schedule. Every row trains ``ablation.sft_steps`` SFT steps and ``ablation.fpo_steps`` preference steps,
+the same for every row, and is scored on the first ``ablation.eval_max_videos`` test videos, so its numbers
+are comparable with each other, not with lesson 06's. A schedule too short to learn compares nothing: a
+grounding model first learns where events are and only later which one the query names, so every cell
+also reports whether it uses the query (:func:`query_use`: the shuffled-query control) and the aggregate
+lists the rows whose seeds fail that control.
 
 >>> t = t_interval([0.2, 0.3, 0.4])
 >>> round(t.estimate, 3), round(t.low, 3), round(t.high, 3)  # 0.3 ± 4.303 · 0.1/√3
@@ -81,7 +82,7 @@ LABELS = {"coupled": "coupled", "factorized": "factorized", "factorized_interlea
 # The cumulative ablation of the paper: each step adds one mechanism to the previous row.
 CUMULATIVE = ("coupled", "factorized", "factorized_interleaved", "full", "full_fpo")
 
-# E.T. Bench grounding F1 / captioning F1 (×100) of the paper's ablation (DESIGN §6, paper).
+# E.T. Bench grounding F1 / captioning F1 (×100) of the paper's ablation (paper's table).
 PAPER = {
     "coupled": {"F1(gnd)": 21.2, "F1(cap)": 14.3},
     "factorized": {"F1(gnd)": 28.9, "F1(cap)": 23.1},
@@ -184,7 +185,7 @@ CLAIMS = (
           "span-level grounding (a sigmoid per frame) beats frame-level tokens (E.T. Chat style)", "paper ablation"),
     Claim("fpo_vs_dpo", "full_fpo", "full_dpo",
           "preference optimisation that scores the grounding too (FPO) beats text-only DPO on the same pairs",
-          "paper (motivation of FPO; no number in DESIGN §6)"),
+          "paper (motivation of FPO; no number in its ablation table)"),
     Claim("evi_vs_text", "full", "text_timestamps",
           "<evi> grounding heads beat times written as text tokens (TimeChat/VTG-LLM style)",
           "design (§4 peer baseline; §9 prototype)"),
