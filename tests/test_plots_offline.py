@@ -30,7 +30,7 @@ FAKE = {
     "artifacts/plots/align_loss.csv": (["step", "loss", "lm_loss"], lambda i: [10 * i, 3 / i, 2.9 / i]),
     "artifacts/plots/sft_loss.csv": (["step", "loss", "lm_loss", "grounding_loss", "consistency_loss"],
                                      lambda i: [10 * i, 4 / i, 2 / i, 1.5 / i, 0.01]),
-    "artifacts/sft/val.csv": (["step", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "true_R1@0.5", "ctrl_R1@0.5",
+    "artifacts/plots/sft_val.csv": (["step", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "true_R1@0.5", "ctrl_R1@0.5",
                                "any_event_R1@0.5", "e1_query_share"],
                               lambda i: [100 * i, 0.1 * i, 0.08 * i, 0.05 * i, 0.09 * i, 0.08 * i, 0.2, 0.7, 0.1 * i]),
     "artifacts/plots/fpo_loss.csv": (["step", "sft_loss", "fpo_loss", "reward_margin"], lambda i: [5 * i, 1 / i, 0.6, 0.1 * i]),
