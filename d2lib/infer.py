@@ -139,6 +139,54 @@ def query_control(answered: Sequence[Mapping], delimiter: str | None = EVIDENCE_
     return res
 
 
+def _relation(meta: Mapping, a: Mapping, b: Mapping) -> str:
+    """How event ``b`` differs from event ``a`` of the same Shapes video (``meta``: its world description)."""
+    oa, ob = meta["objects"][a["object"]], meta["objects"][b["object"]]
+    if a["object"] == b["object"]:
+        return "same object, other action"
+    action = ", same action" if a["kind"] == b["kind"] else ""
+    if oa["colour"] == ob["colour"]:
+        return "other object of the same colour (shape differs)" + action
+    if oa["shape"] == ob["shape"]:
+        return "other object of the same shape (colour differs)" + action
+    return "other object (colour and shape differ)" + action
+
+
+def confusions(answered: Sequence[Mapping], metas: Mapping[str, Mapping],
+               delimiter: str | None = EVIDENCE_DELIMITER) -> dict[str, int]:
+    """Which event does a wrong answer find instead? For each tvg answer that misses its event (IoU < 0.5)
+    but hits another event of the video (IoU ≥ 0.5, the best one), how that event differs from the asked-for
+    one (:func:`_relation`: same object with another action, or another object that shares the colour or the
+    shape). Counts per relation, plus ``"no event hit"`` and ``"correct"``. ``metas``: the Shapes world per
+    video (``{video: {objects, events}}``, as :func:`d2lib.datasets.load_shapes` returns them) — it tells
+    whether the objects a query must tell apart differ only by a few pixels of shape.
+
+    >>> meta = {"objects": [{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "red"}],
+    ...         "events": [{"object": 0, "kind": "grow", "start": 0, "end": 4, "caption": "the red circle grows"},
+    ...                    {"object": 1, "kind": "grow", "start": 10, "end": 14, "caption": "the red square grows"}]}
+    >>> recs = [{"video": "v", "tgt": [0, 4], "g": ["the red circle grows"], "a": "10 - 14 </evi> The event happens in 10 - 14."}]
+    >>> confusions(recs, {"v": meta})
+    {'other object of the same colour (shape differs), same action': 1}
+    """
+    out: dict[str, int] = {}
+    for r in answered:
+        meta = metas[r["video"]]
+        evs = meta["events"]
+        target = next((e for e in evs if [e["start"], e["end"]] == list(r["tgt"]) and
+                       (not r.get("g") or e["caption"] == r["g"][0])), None)
+        if target is None:
+            raise ValueError(f"record {r.get('idx')}: no event of {r['video']} has span {r['tgt']}")
+        iou = lambda e: metrics.charades_sta_from_text([r["a"]], [[e["start"], e["end"]]], delimiter=delimiter,  # noqa: E731
+                                                       evidence_fallback=False)["mIoU"]
+        if iou(target) >= 0.5:
+            key = "correct"
+        else:
+            best = max((e for e in evs if e is not target), key=iou, default=None)
+            key = _relation(meta, target, best) if best is not None and iou(best) >= 0.5 else "no event hit"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def limit(records: Sequence[Mapping], max_queries: int = 0, seed: int = 0) -> list:
     """All records (``max_queries == 0``) or a fixed random subset of ``max_queries`` (order kept)."""
     if not max_queries or max_queries >= len(records):
@@ -300,6 +348,6 @@ def spans_of(generation) -> list:
     return [list(v) if isinstance(v, (list, tuple)) else [v, v] for v in generation.values]
 
 
-__all__ = ["other_query", "query_control", "within_group_share", "first_evi_features", "e1_query_share",
+__all__ = ["other_query", "query_control", "confusions", "within_group_share", "first_evi_features", "e1_query_share",
            "TVG_KEYS", "predict", "answer_delimiter", "tvg_scores", "limit", "eval_tvg", "mcq_accuracy",
            "eval_mcq", "eval_loss", "random_tvg", "evidence_similarity", "spans_of"]

@@ -122,3 +122,22 @@ def test_consistency_start_switches_the_term_on_part_way():
     assert torch.isclose(on.loss, off.loss + m.cfg.consistency_weight * on.consistency_loss)
     with pytest.raises(Exception, match="consistency_start"):
         Variant(consistency_start=1.0)
+
+
+def test_confusions_name_the_event_found_instead():
+    meta = {"objects": [{"shape": "circle", "colour": "red"}, {"shape": "circle", "colour": "blue"}],
+            "events": [{"object": 0, "kind": "grow", "start": 0, "end": 4, "caption": "the red circle grows"},
+                       {"object": 0, "kind": "spin", "start": 10, "end": 14, "caption": "the red circle spins"},
+                       {"object": 1, "kind": "grow", "start": 20, "end": 24, "caption": "the blue circle grows"}]}
+
+    def rec(gt, cap, pred):
+        return {"video": "v", "tgt": gt, "g": [cap], "a": f"{pred} </evi> The event happens in {pred}."}
+    recs = [rec([0, 4], "the red circle grows", "0 - 4"),      # correct
+            rec([0, 4], "the red circle grows", "10 - 14"),    # the same object's other action
+            rec([0, 4], "the red circle grows", "20 - 24"),    # another object, same shape, same action
+            rec([10, 14], "the red circle spins", "30 - 40")]  # nothing
+    assert infer.confusions(recs, {"v": meta}) == {
+        "correct": 1, "same object, other action": 1,
+        "other object of the same shape (colour differs), same action": 1, "no event hit": 1}
+    with pytest.raises(ValueError, match="no event"):
+        infer.confusions([rec([5, 6], "x", "5 - 6")], {"v": meta})
