@@ -21,7 +21,7 @@ one variant's switches re-runs only that variant's cells. A cell writes to
 * ``evaluate/<row>/`` — the predictions in the public evaluators' formats; ``loss.csv``/``val.csv``.
 
 ``python -m d2lib.ablation aggregate`` (stage ``ablation_aggregate``) reads every cell and writes
-``artifacts/metrics/ablation.json`` (DVC metrics), ``artifacts/plots/ablation_{table,cells,claims}.csv``
+``artifacts/results/ablation.json`` (its headline numbers: ``artifacts/metrics/ablation.json``, DVC metrics), ``artifacts/plots/ablation_{table,cells,claims}.csv``
 and ``ablation_{cumulative,rows}.png``. Two intervals per number:
 
 * ``low``/``high`` — a **t-interval over seeds** (mean ± t₀.₉₇₅,ₙ₋₁ · sd/√n): how much the number
@@ -1043,10 +1043,12 @@ def cell_wall_times(cells: Mapping, study: str = "ablation", timing_root: str | 
 
 
 def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path: str | Path | None = None,
-              plots_dir: str | Path | None = None, figures: bool = True) -> dict:
-    """The ``aggregate`` command: read every cell, write ablation.json, the CSVs and the PNGs; returns
+              plots_dir: str | Path | None = None, figures: bool = True, results_path: str | Path | None = None) -> dict:
+    """The ``aggregate`` command: read every cell, write the full results (``results_path``, default the
+    ``results/ablation.json`` beside ``metrics_path``), the headline metrics (``metrics_path``, default
+    ``artifacts/metrics/ablation.json``; :mod:`d2lib.headline`), the CSVs and the PNGs; returns
     ``{"json": dict, "table": DataFrame, "claims": DataFrame, "per_seed": DataFrame}``."""
-    from . import formats
+    from . import headline
 
     t0 = time.perf_counter()
     cells = load_cells(acfg, root)
@@ -1058,7 +1060,7 @@ def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path
     sched = cell_schedule(cells)
     table["schedule"] = [schedule_text(r, sched) for r in table["row"]]
     plots_dir = Path(plots_dir) if plots_dir is not None else paths.artifacts("plots", mkdir=False)
-    metrics_path = Path(metrics_path) if metrics_path is not None else paths.artifacts("metrics", "ablation.json", mkdir=False)
+    metrics_path = Path(metrics_path) if metrics_path is not None else headline.metrics_path("ablation")
     write_csv_atomic(table, plots_dir / "ablation_table.csv")
     write_csv_atomic(per_seed, plots_dir / "ablation_cells.csv")
     write_csv_atomic(claims, plots_dir / "ablation_claims.csv")
@@ -1086,7 +1088,7 @@ def aggregate(acfg: AblationConfig, root: str | Path | None = None, metrics_path
         "query_control": {"rule": f"control R@0.5 <= {QUERY_CONTROL_RATIO} x true R@0.5, every seed",
                           "rows": query_control_summary(qtable)},
     }
-    formats.write_json(_clean(obj), metrics_path)
+    headline.write("ablation", _clean(obj), metrics_path, results_path)
     timing.log("ablation_aggregate", seconds=time.perf_counter() - t0)
     return {"json": obj, "table": table, "claims": claims, "per_seed": per_seed}
 
@@ -1128,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--variant", required=True, help="a variants.<name> row, or full_dpo / full_fpo")
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    a = sub.add_parser("aggregate", help="mean ± CI over seeds, claims, plots → artifacts/metrics/ablation.json")
+    a = sub.add_parser("aggregate", help="mean ± CI over seeds, claims, plots → artifacts/results/ablation.json, metrics/ablation.json")
     a.add_argument("--profile", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

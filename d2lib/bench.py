@@ -69,7 +69,7 @@ def cell_times(study: str = "ablation", root: Path | None = None, timing_root: P
     """Wall times of a DVC matrix study's cells — ``study`` "ablation" (lesson 07) or "peers" (lesson 08) —
     from their timing logs (``<study>/<row>/<seed>``: ``seconds``, process start to files written; a
     cell's ``metrics.json`` ``seconds`` where an older run put it there), and of its aggregate stage
-    (timing log ``<study>_aggregate``, or ``timing.aggregate_s`` of ``artifacts/metrics/<study>.json``).
+    (timing log ``<study>_aggregate``, or ``timing.aggregate_s`` of ``artifacts/results/<study>.json``).
     Only the cells params.yaml configures count (a stale folder is not a stage); ``missing`` lists
     the configured cells with no time."""
     root = Path(root or paths.artifacts(study, mkdir=False))
@@ -87,7 +87,7 @@ def cell_times(study: str = "ablation", root: Path | None = None, timing_root: P
         if sec is not None:
             cells[name] = round(float(sec), 2)
     agg = timing.read(f"{study}_aggregate", root=timing_root).get("seconds")
-    agg_path = root.parent / "metrics" / f"{study}.json"
+    agg_path = root.parent / "results" / f"{study}.json"
     if agg is None and agg_path.is_file():
         agg = json.loads(agg_path.read_text()).get("timing", {}).get("aggregate_s")
     return {"cells_s": cells, "n_cells": len(cells), "cells_total_s": round(sum(cells.values()), 1),

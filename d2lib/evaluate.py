@@ -18,7 +18,8 @@ e.g. ``sft``) and the baselines in ``evaluate.baselines`` — :func:`run`:
    ``details.json`` (every number, parse-path histograms included; the files by their path relative to
    the system's folder);
 4. one row per (system, record) for failure analysis (:func:`record_rows`) →
-   ``artifacts/plots/evaluate_records.csv``; the compact metrics → ``artifacts/metrics/evaluate.json``.
+   ``artifacts/plots/evaluate_records.csv``; the compact scores → ``artifacts/results/evaluate.json`` and
+   their headline numbers → ``artifacts/metrics/evaluate.json`` (:mod:`d2lib.headline`).
    Each system's wall time (``SystemResult.seconds``) goes to the timing log ``evaluate``
    (:mod:`d2lib.timing`), not into the metrics.
 
@@ -548,7 +549,7 @@ _YC2_KEYS = ("F1", "Precision_Mean", "Recall_Mean", "CIDEr", "CIDEr_simpletok", 
 
 
 def compact(scores: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers worth tracking in ``artifacts/metrics/evaluate.json`` from :func:`score_system`'s output:
+    """The numbers worth keeping in ``artifacts/results/evaluate.json`` from :func:`score_system`'s output:
     E.T. Bench merged + per task (headline keys, ``_evi`` variants, ``Failed`` counts), Charades-STA
     and YouCook2 headline keys. ``None`` marks a metric not computed (the reason is in ``details.json``)."""
     etb = scores["etbench"]
@@ -719,7 +720,7 @@ def run(cfg: EvaluateConfig, out_root: str | Path | None = None, records: Sequen
     Defaults read the Shapes split ``cfg.split`` (records + metas from ``data/shapes``, frames from the
     ``prepare`` cache) and the training records (for the prior); tests pass their own. Writes
     ``<out_root>/<system>/...`` (default ``artifacts/evaluate``) and returns ``{system: SystemResult}``;
-    :func:`write_outputs` writes the metrics JSON and the per-record CSV. Each system's seconds go to the
+    :func:`write_outputs` writes the results JSON, its headline metrics and the per-record CSV. Each system's seconds go to the
     timing log ``timing_name`` as ``<system>_s`` (``None``: not logged).
     """
     from . import data, datasets
@@ -749,7 +750,7 @@ def run(cfg: EvaluateConfig, out_root: str | Path | None = None, records: Sequen
 
 
 def metrics_json(results: Mapping[str, SystemResult], cfg: EvaluateConfig) -> dict:
-    """The content of ``artifacts/metrics/evaluate.json``."""
+    """The content of ``artifacts/results/evaluate.json``."""
     n = {r["task"] for res in results.values() for r in res.answered}
     return {"split": cfg.split, "tasks": sorted(n), "n_records": max((len(r.answered) for r in results.values()), default=0),
             "systems": {k: v.metrics for k, v in results.items()}}
@@ -757,19 +758,21 @@ def metrics_json(results: Mapping[str, SystemResult], cfg: EvaluateConfig) -> di
 
 def write_outputs(results: Mapping[str, SystemResult], cfg: EvaluateConfig, metrics_path: str | Path | None = None,
                   rows_path: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the compact metrics (``artifacts/metrics/evaluate.json``) and the per-record CSV
-    (``artifacts/plots/evaluate_records.csv``); returns both paths."""
+    """Write the compact scores (``artifacts/results/evaluate.json``, beside ``metrics_path``), their headline
+    numbers (``metrics_path``, default ``artifacts/metrics/evaluate.json``) and the per-record CSV
+    (``artifacts/plots/evaluate_records.csv``); returns the results file and the CSV."""
     import pandas as pd
 
-    metrics_path = Path(metrics_path) if metrics_path else paths.artifacts("metrics", "evaluate.json")
+    from . import headline
+
     rows_path = Path(rows_path) if rows_path else paths.artifacts("plots", "evaluate_records.csv")
-    formats.write_json(metrics_json(results, cfg), metrics_path)
+    results_path, _ = headline.write("evaluate", metrics_json(results, cfg), metrics_path)
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame([row for res in results.values() for row in res.rows])
     tmp = rows_path.with_name(rows_path.name + ".tmp")
     df.to_csv(tmp, index=False)
     tmp.replace(rows_path)
-    return metrics_path, rows_path
+    return results_path, rows_path
 
 
 def results_table(metrics_obj: Mapping, keys: Sequence[str] = ("F1(gnd)", "F1(gnd)_evi", "tvg.F1", "tal.F1",
@@ -778,7 +781,7 @@ def results_table(metrics_obj: Mapping, keys: Sequence[str] = ("F1(gnd)", "F1(gn
                                                                 "charades.mIoU", "youcook2.F1",
                                                                 "youcook2.CIDEr", "youcook2.METEOR",
                                                                 "youcook2.SODA_c")):
-    """A DataFrame (systems × metrics, ×100) from ``evaluate.json``; missing or not-computed cells are NaN.
+    """A DataFrame (systems × metrics, ×100) from ``results/evaluate.json``; missing or not-computed cells are NaN.
     Keys: E.T. Bench merged columns (``F1(gnd)``...), ``<task>.<metric>`` from the per-task rows, and
     ``charades.<k>`` / ``youcook2.<k>``."""
     import pandas as pd

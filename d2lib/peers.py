@@ -23,7 +23,7 @@ One process per cell: ``python -m d2lib.peers cell --row R --seed S`` → ``arti
 (``metrics.json``, ``records.csv``; the layout of the ablation's cells plus ``metrics.inference``: queries,
 frame tokens per prompt, frames per video); its wall times go to the timing log ``peers/<row>/<seed>``
 (:mod:`d2lib.timing`). ``python -m d2lib.peers aggregate`` (stage ``peers_aggregate``) writes
-``artifacts/metrics/peers.json`` and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
+``artifacts/results/peers.json`` (headline numbers: ``artifacts/metrics/peers.json``) and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
 mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, the costs the code and
 data decide (frame tokens per video, training steps, trainable parameters) and the seeds used; a paired
 comparison of every row with ``peers.baseline`` and a statement computed from them. Wall times (training,
@@ -513,11 +513,14 @@ def statement(table, comps, baseline: str) -> str:
 
 
 def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: str | Path | None = None,
-              plots_dir: str | Path | None = None, ablation_root: str | Path | None = None) -> dict:
+              plots_dir: str | Path | None = None, ablation_root: str | Path | None = None,
+              results_path: str | Path | None = None) -> dict:
     """The ``aggregate`` command: read every cell (the ``from_ablation`` rows' from ``ablation_root``,
-    default ``artifacts/ablation``), write ``peers.json`` and ``peers_table.csv``; returns
+    default ``artifacts/ablation``), write the full results (``results_path``, default the ``results/peers.json``
+    beside ``metrics_path``), the headline metrics (``metrics_path``, default ``artifacts/metrics/peers.json``;
+    :mod:`d2lib.headline`) and ``peers_table.csv``; returns
     ``{"json", "table", "comparisons", "per_seed", "records"}``."""
-    from . import formats
+    from . import headline
 
     t0 = time.perf_counter()
     cells = load_cells(pcfg, root, ablation_root)
@@ -529,7 +532,7 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
     table = results_table(per_seed, records, cells, rows, pcfg.ci_level, pcfg.n_boot)
     comps = comparisons(per_seed, records, rows, pcfg.baseline, pcfg.ci_level, pcfg.n_boot)
     plots_dir = Path(plots_dir) if plots_dir is not None else paths.artifacts("plots", mkdir=False)
-    metrics_path = Path(metrics_path) if metrics_path is not None else paths.artifacts("metrics", "peers.json", mkdir=False)
+    metrics_path = Path(metrics_path) if metrics_path is not None else headline.metrics_path("peers")
     ablation.write_csv_atomic(table, plots_dir / "peers_table.csv")
     text = statement(table, comps, pcfg.baseline)
     obj = {
@@ -554,7 +557,7 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
         "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
         "statement": text,
     }
-    formats.write_json(ablation._clean(obj), metrics_path)
+    headline.write("peers", ablation._clean(obj), metrics_path, results_path)
     timing.log("peers_aggregate", seconds=time.perf_counter() - t0)
     return {"json": obj, "table": table, "comparisons": comps, "per_seed": per_seed, "records": records}
 
@@ -569,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--row", required=True, help="a peers.rows name (a variants row) or a specialist (univtg)")
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    a = sub.add_parser("aggregate", help="the peers table → artifacts/metrics/peers.json, plots/peers_table.csv")
+    a = sub.add_parser("aggregate", help="the peers table → artifacts/results/peers.json, metrics/peers.json, plots/peers_table.csv")
     a.add_argument("--profile", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

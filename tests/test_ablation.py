@@ -11,7 +11,7 @@ import pytest
 
 from ablation_fixture import ABLATION_TINY, fake_cells, fake_records, mini_project
 from d2lib import ablation as A
-from d2lib import config, timing
+from d2lib import config, headline, timing
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (tables)
 
@@ -124,7 +124,14 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path, monkeypatch):
     for name in ("ablation_table.csv", "ablation_cells.csv", "ablation_claims.csv", "ablation_cumulative.png",
                  "ablation_rows.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0, name
-    j = json.loads((tmp_path / "metrics" / "ablation.json").read_text())
+    j = json.loads((tmp_path / "results" / "ablation.json").read_text())  # everything, beside the headline
+    head = json.loads((tmp_path / "metrics" / "ablation.json").read_text())
+    assert head == headline.headline("ablation", j) and all(isinstance(v, (int, float)) for v in head.values())
+    assert set(head) == {f"R1@0.5/{r}" for r in ("coupled", "factorized", "full", "full_fpo")} | {
+        "R1@0.7/full", "F1(gnd)/full", "F1(cap)/full", "claims_reproduced", "claims_contradicted",
+        "claims_unresolved", "rows_passing_query_control"}
+    assert head["claims_reproduced"] == j["claim_counts"]["reproduced"]
+    assert head["R1@0.5/coupled"] == pytest.approx(j["rows"]["coupled"]["charades.R1@0.5"]["mean"])
     assert j["rows"]["factorized"]["F1(gnd)"]["mean"] == pytest.approx(table[(table.row == "factorized") & (table.metric == "F1(gnd)")]["mean"].iloc[0])
     assert j["rows"]["coupled"]["paper"] == {"F1(gnd)": 21.2, "F1(cap)": 14.3}
     assert j["claims"]["factorize/F1(gnd)"]["verdict"] == "reproduces"

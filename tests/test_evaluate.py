@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib import config, data, evaluate as ev, formats, synth, timing, tokens
+from d2lib import config, data, evaluate as ev, formats, headline, synth, timing, tokens
 from d2lib.model import D2VLM, ModelConfig, VariantsConfig
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
@@ -138,8 +138,12 @@ def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_pa
         bsub = formats.read_etbench_submission(tmp_path / "evaluate" / b / "etbench" / "submission.json")
         assert {r["task"] for r in bsub} == {"tvg", "tal"}
         assert not (tmp_path / "evaluate" / b / "timechat" / "dvc_pred.json").exists()
-    # metrics: expected keys
+    # the full results (returned) and, beside them, the headline metrics: expected keys
+    assert mpath == tmp_path / "results" / "evaluate.json"
     m = json.loads(mpath.read_text())
+    head = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert head == headline.headline("evaluate", m) and len(head) == 4
+    assert head["F1(gnd)"] == m["systems"][name]["etbench"]["merged"]["F1(gnd)"]
     assert m["split"] == "test" and set(m["systems"]) == {name, *ev.BASELINES}
     assert not any("seconds" in sm for sm in m["systems"].values())  # wall times: the timing log only
     log = timing.read("evaluate", root=tmp_path / "artifacts" / "logs" / "timing")

@@ -83,25 +83,43 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     _run([str(BIN / "dvc"), "repro"], repo, env)
 
     import json
-    metrics = json.loads((repo / "artifacts" / "metrics" / "prepare.json").read_text())
-    assert metrics["train"]["videos"] == 6  # the smoke profile's prepare.train_videos
+
+    from d2lib import headline
+    # the DVC metrics files: the headline numbers only (flat, within the budget); everything else is in the
+    # full results beside them, and each headline is computed from those results
+    heads = {p.stem: json.loads(p.read_text()) for p in sorted((repo / "artifacts" / "metrics").glob("*.json"))}
+    assert set(heads) == set(headline.HEADLINES), sorted(heads)
+    assert sum(headline.count_values(h) for h in heads.values()) <= headline.BUDGET
+    for stage, head in heads.items():
+        assert all(v is None or isinstance(v, (int, float)) for v in head.values()), (stage, head)
+        full = json.loads((repo / "artifacts" / "results" / f"{stage}.json").read_text())
+        assert head == headline.headline(stage, full), stage
+    assert heads["prepare"]["train_videos"] == 6  # the smoke profile's prepare.train_videos
+    metrics = json.loads((repo / "artifacts" / "results" / "prepare.json").read_text())
+    assert metrics["train"]["videos"] == 6
     assert (repo / "artifacts" / "prepare" / "frames_test.npz").is_file()
     for nb in ("01_video_data", "02_model", "03_align", "04_sft_lora", "06_evaluation"):
         assert (repo / "artifacts" / "notebooks" / f"{nb}.ipynb").is_file(), nb
     for stage in ("align", "sft", "evaluate"):
-        assert json.loads((repo / "artifacts" / "metrics" / f"{stage}.json").read_text()), stage
+        assert json.loads((repo / "artifacts" / "results" / f"{stage}.json").read_text()), stage
+    # what the lessons read from the full results (06: systems' scores and intervals; 07 and 08 below)
+    evaluation = json.loads((repo / "artifacts" / "results" / "evaluate.json").read_text())
+    assert all({"etbench", "ci"} <= set(m) for m in evaluation["systems"].values())
 
-    ablation = json.loads((repo / "artifacts" / "metrics" / "ablation.json").read_text())
+    ablation = json.loads((repo / "artifacts" / "results" / "ablation.json").read_text())
     assert set(ablation["rows"]) >= {"full"} and "timing" not in ablation
+    assert {"schedule", "query_control", "statement", "claim_counts"} <= set(ablation)
+    assert set(ablation["query_control"]["rows"]) == set(ablation["rows"])
     assert (repo / "artifacts" / "ablation" / "full" / "0" / "metrics.json").is_file()
     timing = repo / "artifacts" / "logs" / "timing"  # the wall times, outside what DVC hashes
     assert json.loads((timing / "ablation" / "full" / "0.json").read_text())["seconds"] > 0
     for name in ("sft", "fpo", "evaluate", "ablation_aggregate", "peers_aggregate", "04_sft_lora"):
-        if name != "fpo" or (repo / "artifacts" / "metrics" / "fpo.json").is_file():
+        if name != "fpo" or (repo / "artifacts" / "results" / "fpo.json").is_file():
             assert (timing / f"{name}.json").is_file(), name
     assert (repo / "artifacts" / "notebooks" / "07_ablations.ipynb").is_file()
 
-    peers = json.loads((repo / "artifacts" / "metrics" / "peers.json").read_text())
+    peers = json.loads((repo / "artifacts" / "results" / "peers.json").read_text())
+    assert {"sft_steps", "univtg_steps", "eval_max_videos"} <= set(peers["schedule"]) and "statement" in peers
     assert set(peers["rows"]) == {"full", "stc", "univtg"} and peers["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
     assert peers["rows"]["full"]["cost"]["source"] == "ablation" and not (repo / "artifacts" / "peers" / "full").exists()
     assert (repo / "artifacts" / "plots" / "peers_table.csv").is_file()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ablation_fixture import fake_cells, fake_records, mini_project
-from d2lib import ablation, config, peers, timing, univtg
+from d2lib import ablation, config, headline, peers, timing, univtg
 from d2lib.config import ConfigError
 
 
@@ -203,7 +203,10 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path, monkeypa
     assert {"train s", "inference ms / query"}.isdisjoint(shown.columns)
     saved = pd.read_csv(tmp_path / "p" / "peers_table.csv")
     assert np.allclose(saved["R@1@0.5"], out["table"]["R@1@0.5"])
-    j = json.loads((tmp_path / "m" / "peers.json").read_text())
+    j = json.loads((tmp_path / "results" / "peers.json").read_text())  # everything, beside the headline
+    head = json.loads((tmp_path / "m" / "peers.json").read_text())
+    assert head == headline.headline("peers", j) and head["rows_higher"] + head["rows_lower"] + head["rows_unresolved"] == 2
+    assert head["baseline_R1@0.5"] == pytest.approx(cells[("full", 0)]["values"]["charades.R1@0.5"])
     assert j["baseline"] == "full" and j["rows"]["univtg"]["metrics"]["F1(cap)"]["mean"] is None
     assert j["rows"]["univtg"]["cost"]["seeds"] == [0] and j["not_applicable"] == {"univtg": ["F1(cap)"]}
     comp = j["comparisons"]["univtg/charades.R1@0.5"]
@@ -230,7 +233,7 @@ def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_pat
     pcfg = peers.PeersConfig(rows=("text_timestamps",), from_ablation=("full",), specialists=(), seeds=(0,),
                              n_boot=100, **{k: sched[k] for k in peers.SHARED_SCHEDULE})
     assert pcfg.cells() == [("text_timestamps", 0)] and pcfg.table_cells()[0] == ("full", 0)
-    out = peers.aggregate(pcfg, root=root, ablation_root=abl_root, metrics_path=tmp_path / "m.json",
+    out = peers.aggregate(pcfg, root=root, ablation_root=abl_root, metrics_path=tmp_path / "metrics" / "m.json",
                           plots_dir=tmp_path / "p")
     table = out["table"].set_index("row")
     assert list(table.index) == ["full", "text_timestamps"]
@@ -238,7 +241,7 @@ def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_pat
     assert table.loc["full", "R@1@0.5"] == pytest.approx(reused[("full", 0)]["values"]["charades.R1@0.5"])
     assert set(out["records"]["task"]) == set(pcfg.eval_tasks)  # the ablation's other tasks are dropped
     assert peers.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
-    j = json.loads((tmp_path / "m.json").read_text())
+    j = json.loads((tmp_path / "results" / "m.json").read_text())
     assert j["from_ablation"]["rows"] == ["full"] and "timing" not in j
     assert table.loc["text_timestamps", "R@1@0.5"] == pytest.approx(own[("text_timestamps", 0)]["values"]["charades.R1@0.5"])
     assert "text_timestamps/charades.R1@0.5" in j["comparisons"]
