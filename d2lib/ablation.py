@@ -63,6 +63,7 @@ import numpy as np
 
 from . import paths, timing
 from .config import check
+from .stats import t_interval  # noqa: F401  (re-exported: the lesson and the tests use ablation.t_interval)
 
 _PROCESS_START = time.time()  # a cell's wall time counts from here (imports included)
 
@@ -641,24 +642,6 @@ def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------
 # statistics
 # ------------------------------------------------------------------------------------------------
-def t_interval(values: Sequence[float], level: float = 0.95):
-    """Student-t interval of the mean of ``values`` (e.g. one number per seed): mean ± t·sd/√n with
-    n − 1 degrees of freedom. With one value the interval is undefined (NaN). Returns a
-    :class:`d2lib.stats.CI` (``n_boot`` = 0)."""
-    from scipy import stats as sps
-
-    from .stats import CI
-
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return CI(math.nan, math.nan, math.nan, level, 0, 0)
-    mean = float(x.mean())
-    if x.size < 2:
-        return CI(mean, math.nan, math.nan, level, 1, 0)
-    half = float(sps.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return CI(mean, mean - half, mean + half, level, int(x.size), 0)
-
-
 def record_values(rows, metric: str):
     """Per-record values of ``metric`` from records.csv rows (a DataFrame with ``task``, ``idx``,
     ``video`` and the score columns): a DataFrame ``task, idx, video, value``, or ``None`` when the

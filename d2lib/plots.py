@@ -123,22 +123,16 @@ def logit_t_interval(values: Sequence[float], level: float = 0.95, lo: float = 0
     show); where it falls outside the back-mapped interval (skewed seeds) the interval is widened to
     include it. One value: no interval (NaN). Returns a :class:`d2lib.stats.CI` (``n_boot`` = 0).
     """
-    from scipy import stats as sps
-
-    from .stats import CI
+    from .stats import CI, t_interval
 
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return CI(math.nan, math.nan, math.nan, level, 0, 0)
-    mean = float(x.mean())
     if x.size < 2:
-        return CI(mean, math.nan, math.nan, level, 1, 0)
+        return t_interval(x, level)  # no values: all NaN; one value: no interval
+    mean = float(x.mean())
     u = np.clip((x - lo) / (hi - lo), eps, 1 - eps)
-    z = np.log(u / (1 - u))
-    half = float(sps.t.ppf((1 + level) / 2, x.size - 1) * z.std(ddof=1) / math.sqrt(x.size))
+    z = t_interval(np.log(u / (1 - u)), level)  # the plain t-interval, on the logit scale
     back = lambda v: lo + (hi - lo) / (1 + math.exp(-v))  # noqa: E731
-    low, high = back(z.mean() - half), back(z.mean() + half)
-    return CI(mean, min(low, mean), max(high, mean), level, int(x.size), 0)
+    return CI(mean, min(back(z.low), mean), max(back(z.high), mean), level, int(x.size), 0)
 
 
 def frame_strip(frames: np.ndarray, seconds: Sequence[float] | None = None, max_frames: int = 16,

@@ -15,12 +15,13 @@ All functions are pure: randomness comes only from ``numpy.random.default_rng(se
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CI", "bootstrap_ci", "bootstrap_indices", "mean_of_means_ci", "paired_bootstrap_diff"]
+__all__ = ["CI", "t_interval", "bootstrap_ci", "bootstrap_indices", "mean_of_means_ci", "paired_bootstrap_diff"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,24 @@ def paired_bootstrap_diff(a: Sequence, b: Sequence, n_boot: int = 1000, level: f
     if a.shape != b.shape:
         raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
     return bootstrap_ci(a - b, n_boot=n_boot, level=level, seed=seed)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95):
+    """Student-t interval of the mean of ``values`` (e.g. one number per seed): mean ± t·sd/√n with
+    n − 1 degrees of freedom. With one value the interval is undefined (NaN). Returns a
+    :class:`CI` (``n_boot`` = 0).
+
+    >>> t = t_interval([0.2, 0.3, 0.4])
+    >>> round(t.estimate, 3), round(t.low, 3), round(t.high, 3)  # 0.3 ± 4.303 · 0.1/√3
+    (0.3, 0.052, 0.548)
+    """
+    from scipy import stats as sps
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return CI(math.nan, math.nan, math.nan, level, 0, 0)
+    mean = float(x.mean())
+    if x.size < 2:
+        return CI(mean, math.nan, math.nan, level, 1, 0)
+    half = float(sps.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return CI(mean, mean - half, mean + half, level, int(x.size), 0)
