@@ -370,18 +370,10 @@ def metric_value(m: Mapping, key: str) -> float | None:
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf → None, numpy scalars → Python, tuples → lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+    """JSON-safe copy (:func:`d2lib.formats.json_safe`)."""
+    from .formats import json_safe
+
+    return json_safe(obj)
 
 
 def write_csv_atomic(df, path: str | Path) -> Path:

@@ -4,7 +4,7 @@ Reports, from one run on this machine:
 - the wall time of each DVC stage, from the timing logs that no stage output holds
   (:mod:`d2lib.timing`: papermill's durations, moved there by :mod:`d2lib.nbnorm`; the ablation's and
   the peers' cells and aggregates), the last complete ``make repro``'s wall time (:mod:`d2lib.repro`
-  records it) and the budgets: 30 minutes of DESIGN §8 (without the peers study) and 45 with it —
+  records it) and the budgets: 30 minutes (the aim, without the peers study) and 45 with it —
   no verdict while a stage or cell has no time (``--pipeline-only``: just this);
 - the cost of the pinned numeric environment (:mod:`d2lib.numenv`): a training step's median time
   pinned and unpinned, each in a fresh process, on one thread;
@@ -34,8 +34,8 @@ from . import config, datasets, numenv, paths, synth, timing, tokens, video
 from .model import D2VLM
 from .prepare import write_json_atomic
 
-BUDGET_S = 30 * 60  # DESIGN §8: make repro, every stage and ablation cell
-BUDGET_WITH_PEERS_S = 45 * 60  # issue 8: the same with the peers study (lesson 08)
+BUDGET_S = 30 * 60  # the aim: make repro, every stage and ablation cell
+BUDGET_WITH_PEERS_S = 45 * 60  # the budget: the same with the peers study (lesson 08)
 
 
 def lesson_stages(dvc_yaml: Path | None = None) -> list[str]:
@@ -100,7 +100,7 @@ def ablation_times(root: Path | None = None) -> dict:
     return cell_times("ablation", root)
 
 
-PEER_STAGES = ("08_peers",)  # lessons that belong to the peers study (DESIGN §8 budget excludes them)
+PEER_STAGES = ("08_peers",)  # lessons that belong to the peers study (the 30-minute aim excludes them)
 
 
 def repro_run(path: Path | None = None) -> dict | None:
@@ -129,7 +129,7 @@ def missing_work(stages: dict, studies: dict[str, dict], lessons: list[str]) -> 
 
 def pipeline_times() -> dict:
     """Every stage's measured wall time: the lesson notebooks plus the ablation's and the peers' cells and
-    aggregates, and the last complete ``make repro`` run (``make_repro``). Two budgets: DESIGN §8's 30
+    aggregates, and the last complete ``make repro`` run (``make_repro``). Two budgets: the 30
     minutes for ``make repro`` without the peers study (``budget_s``/``budget_met``) and 45 minutes with
     it (``budget_with_peers_s``/``budget_with_peers_met``).
 

@@ -1,6 +1,6 @@
 """Records, loaders, splits and the frame cache — the data side of lesson ``01_video_data``.
 
-Every dataset becomes a list of **records** in E.T. Bench's schema (DESIGN §3.2)::
+Every dataset becomes a list of **records** in E.T. Bench's schema::
 
     {idx, task, source, video, duration, src?, tgt?, p?, o?, g?, q, a?}
 
@@ -19,7 +19,7 @@ Loading validates every record (:func:`validate_record`):
 Nothing is dropped or repaired silently.
 
 Loaders return ``(records, report)`` (:class:`Loaded`); :func:`load_shapes` also returns the
-per-video world descriptions. The frame cache (DESIGN §8: each video decoded once) is one ``.npz``
+per-video world descriptions. The frame cache (each video decoded once) is one ``.npz``
 holding a uint8 ``(T, H, W, 3)`` array per video, keyed by the record's ``video`` field.
 
 >>> rec = {"idx": 0, "task": "tvg", "source": "demo", "video": "v.mp4", "duration": 10,

@@ -5,7 +5,7 @@ Taught in lesson ``06_evaluation``. Builders are pure functions from our records
 folder, then ``os.replace``: a reader never sees half a file); readers check that a file has the keys
 and types its evaluator reads, and raise :class:`FormatError` naming the file and entry otherwise.
 
-Formats (``shared/reference/benchmarks-and-peers.md`` §1.2, §2.1, §3.1):
+Formats (as the published evaluators read them; docs/METRICS.md lists the differences):
 
 * **E.T. Bench submission** — the records as a JSON list with ``a`` (the raw answer) filled in; the
   official ``compute_metrics.py`` reads one file, or every ``*.json``/``*.jsonl`` in a folder whose
@@ -40,6 +40,7 @@ default encoding.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -69,6 +70,24 @@ class FormatError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # JSON I/O
 # --------------------------------------------------------------------------------------------------
+def json_safe(obj: Any) -> Any:
+    """A JSON-safe copy: NaN/inf → None, numpy scalars → Python numbers, tuples → lists, keys → str.
+
+    >>> import numpy as np
+    >>> json_safe({1: (np.float32(0.5), float("nan"), np.bool_(True))})
+    {'1': [0.5, None, True]}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return json_safe(obj.item())
+    return obj
+
+
 def write_json(obj: Any, path: str | os.PathLike, indent: int | None = 1) -> Path:
     """Write ``obj`` as JSON atomically: a temporary file in the same folder, flushed and fsynced,
     then ``os.replace`` onto ``path`` (the temporary file is removed if anything fails). Returns ``path``.

@@ -1,6 +1,6 @@
 """Stage ``fpo`` (lesson ``05_fpo``): factorized preference optimisation — and its DPO baseline.
 
-D²VLM's third stage (paper §3.3; DESIGN §5 stage 3) continues from the SFT model with pairs
+D²VLM's third stage (paper §3.3) continues from the SFT model with pairs
 (chosen = the GT response, rejected = one event-level perturbation of it, :mod:`d2lib.preference`)
 and scores a whole response by
 

@@ -143,26 +143,11 @@ def results_beside(metrics_file: str | os.PathLike) -> Path:
     return p.parent.parent / "results" / p.name
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
-    return obj
-
-
 def _write_json(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(_clean(obj), f, indent=1, allow_nan=False)  # key order kept: rows and systems in run order
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """JSON, atomically (:func:`d2lib.formats.write_json`), key order kept: rows and systems in run order."""
+    from .formats import json_safe, write_json
+
+    return write_json(json_safe(obj), path)
 
 
 def write(stage: str, full: Mapping, metrics_file: str | os.PathLike | None = None,

@@ -1,6 +1,6 @@
 """Preference pairs for FPO: rejected responses made by event-level perturbations of the GT.
 
-Taught in lesson ``05_fpo`` (DESIGN §5 stage 3). D²VLM's factorized preference data keeps the
+Taught in lesson ``05_fpo``. D²VLM's factorized preference data keeps the
 chosen response = the ground truth and builds each rejected response by corrupting *one* event, so
 the cause of the error is known and labelled (no human filtering):
 

@@ -1,6 +1,6 @@
 """The Shapes world: procedural videos with exact event spans, rendered to real H.264 files.
 
-Taught in lesson ``01_video_data`` (DESIGN §3.1). A video is a :class:`VideoSpec`: 1–3 objects
+Taught in lesson ``01_video_data``. A video is a :class:`VideoSpec`: 1–3 objects
 (shape × colour) and 2–6 events with integer ``[start, end]`` seconds. It is rendered with numpy
 at ``world.render_fps`` / ``world.render_size``, encoded with libx264 (byte-identical for a seed on
 one ffmpeg build), and turned into E.T. Bench records for the tasks tvg, dvc, rar, gvq and tal

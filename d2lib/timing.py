@@ -60,9 +60,9 @@ def log(name: str, root: str | os.PathLike | None = None, **values) -> Path:
     rec.update({k: round(float(v), 4) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
                 for k, v in values.items()})
     rec["logged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    from .formats import write_json
+
+    write_json(dict(sorted(rec.items())), p)
     return p
 
 

@@ -4,7 +4,7 @@ Taught in lesson ``01_video_data``. Decoding uses decord (``VideoReader.get_batc
 whole batch of frame indices in one call); PyAV is a fallback used only when decord cannot open
 a file that PyAV can read.
 
-Conventions (DESIGN §3.1): at ``fps=1`` output frame ``t`` *is* second ``t`` of the video — it is
+Conventions: at ``fps=1`` output frame ``t`` *is* second ``t`` of the video — it is
 the source frame with index ``round(t * src_fps)``. Frames are ``uint8`` arrays of shape
 ``(T, H, W, 3)`` (RGB). Every failure is a :class:`VideoError` whose message names the file.
 

@@ -1,4 +1,4 @@
-"""Parity with the published evaluators (issue 6; lesson 06_evaluation).
+"""Parity with the published evaluators (lesson 06_evaluation).
 
 Our numbers for the fixture files in ``tests/data/parity/`` must equal what the published evaluation code
 computes on the same files, to 1e-6, wherever the definitions are the same; every documented deviation
