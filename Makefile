@@ -15,6 +15,14 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: repro test venv data benchmark bench clean-venv plots-assets book-assets book
 
+# A .venv whose interpreter no longer runs (its base Python was removed or upgraded) is rebuilt, not reused.
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell $(BIN)/python -c 'print("ok")' 2>/dev/null),ok)
+$(info make: $(VENV) is broken (its python does not run); rebuilding it)
+$(shell rm -rf $(VENV))
+endif
+endif
+
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version' 
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +34,11 @@ venv: $(STAMP)
 
 # The embedded Shapes benchmark (val/test) comes from the DVC remote committed in dvc-store/.
 data: venv
-	$(BIN)/dvc pull --quiet data.dvc
+	@test -d dvc-store || { echo "make data: the DVC remote folder dvc-store/ (named in .dvc/config) is missing;" \
+	  "it is part of the repository: restore it with 'git checkout -- dvc-store'" >&2; exit 1; }
+	@$(BIN)/dvc pull data.dvc || { echo "make data: 'dvc pull data.dvc' failed, DVC's reason is above;" \
+	  "the benchmark comes from dvc-store/ (restore it with 'git checkout -- dvc-store');" \
+	  "if $(VENV) is damaged, run 'make clean-venv' and try again" >&2; exit 1; }
 
 # `dvc repro`'s stages on a Dask LocalCluster of this machine's cores, each with the threads its command
 # declares (d2lib/repro.py); plain `dvc repro` gives the same bits one stage at a time.

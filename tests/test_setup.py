@@ -119,3 +119,34 @@ def test_every_stage_declares_its_threads_and_lessons_are_normalized():
         if "papermill" in cmd:
             out = cmd.split("papermill", 1)[1].split("&&")[0].split()[-1]
             assert f"d2lib.nbnorm {out}" in cmd, f"stage {name}: {out} is not normalized after papermill"
+
+
+def _make_copy(tmp: Path) -> Path:
+    """The Makefile and what its targets read, in a scratch folder (no install happens in these tests)."""
+    import shutil
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, tmp / name)
+    return tmp
+
+
+def test_make_data_names_a_missing_remote_folder(tmp_path):
+    import subprocess
+    repo = _make_copy(tmp_path)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to(Path(__import__("sys").executable))
+    (repo / ".venv" / ".installed").touch()  # an installed venv: `make data` goes straight to the pull
+    res = subprocess.run(["make", "data"], cwd=repo, capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "dvc-store/" in res.stderr and "is missing" in res.stderr and "git checkout -- dvc-store" in res.stderr
+
+
+def test_a_venv_whose_python_is_gone_is_rebuilt(tmp_path):
+    import subprocess
+    repo = _make_copy(tmp_path)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to(tmp_path / "gone" / "python3")  # its base Python removed
+    (repo / ".venv" / ".installed").touch()
+    res = subprocess.run(["make", "-n", "venv"], cwd=repo, capture_output=True, text=True)
+    assert "is broken" in res.stdout + res.stderr
+    assert not (repo / ".venv").exists()          # removed, so the stamp rule builds a fresh one
+    assert "-m venv .venv" in res.stdout           # ... which is what make would run next
