@@ -4,6 +4,7 @@ This is the test behind `make repro`: the embedded benchmark is pulled from the 
 offline remote, every stage's notebook runs through papermill, and a second look finds
 everything up to date.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -65,24 +66,64 @@ def _smoke_ablation_matrix(params: Path, section: str = "ablation", smoke: dict 
     assert {k: yaml.safe_load(params.read_text())[section][k] for k in lists} == lists
 
 
-@pytest.mark.slow
-def test_dvc_repro_smoke_pipeline(tmp_path):
-    repo = tmp_path / "clone"
-    repo.mkdir()
+def _env() -> dict:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env.pop("D2LIB_ROOT", None)
+    return env
+
+
+def _smoke_clone(repo: Path, env: dict) -> Path:
+    """A copy of the repo as a clone holds it, on the smoke profile, with the benchmark pulled."""
+    repo.mkdir(parents=True)
     _copy_repo(repo)
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("profile: default", "profile: smoke", 1))
     _smoke_ablation_matrix(params)
     _smoke_ablation_matrix(params, "peers", SMOKE_PEERS)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    env.pop("D2LIB_ROOT", None)
     _run(["git", "init", "-q"], repo, env)
     _run([str(BIN / "dvc"), "pull", "-q", "data.dvc"], repo, env)
     assert (repo / "data" / "shapes" / "test" / "annotations.json").is_file()
-    _run([str(BIN / "dvc"), "repro"], repo, env)
+    return repo
 
-    import json
+
+def _lock(repo: Path) -> dict:
+    import yaml
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def _out_md5s(repo: Path, lock: dict) -> dict:
+    """md5 of every file under every output the lock lists (relative paths)."""
+    import hashlib
+    files = {}
+    for entry in lock.values():
+        for out in entry.get("outs", []):
+            top = repo / out["path"]
+            for f in sorted([top] if top.is_file() else top.rglob("*")):
+                if f.is_file():
+                    files[str(f.relative_to(repo))] = hashlib.md5(f.read_bytes()).hexdigest()
+    return files
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_pipeline(tmp_path):
+    """The whole pipeline as `make repro` runs it (the runner on Dask, here two one-core workers), then
+    prepare -> align -> sft and one ablation cell again in a second copy on one worker: the same dvc.lock
+    entries and the same bytes in every output (weights, caches, predictions, executed lessons), because a
+    stage's threads are its declared count, never the scheduler's."""
+    env = _env()
+    repo = _smoke_clone(tmp_path / "clone", env)
+    _run([str(BIN / "python"), "-m", "d2lib.repro", "--workers", "2", "--cores", "1"], repo, env)
+    narrow = _smoke_clone(tmp_path / "narrow", env)
+    _run([str(BIN / "python"), "-m", "d2lib.repro", "sft", "ablation_sft@full-0", "--workers", "1", "--cores", "1"],
+         narrow, env)
+    ran = ("prepare", "align", "sft", "ablation_sft@full-0")  # (the copied dvc.lock lists every stage)
+    lock, lock1 = ({s: _lock(r)[s] for s in ran} for r in (repo, narrow))
+    assert lock == lock1
+    files, files1 = _out_md5s(repo, lock), _out_md5s(narrow, lock1)
+    assert len(files) > 20 and files == files1
+    assert any(p.endswith(".safetensors") for p in files)  # trained weights among them
+    assert json.loads((repo / "artifacts" / "repro_timing.json").read_text())["complete"]
 
     from d2lib import headline
     # the DVC metrics files: the headline numbers only (flat, within the budget); everything else is in the
