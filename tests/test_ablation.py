@@ -234,7 +234,7 @@ def test_matrix_cell_trains_evaluates_and_writes_its_files(project, monkeypatch)
 
 def test_preference_row_with_the_real_fpo_run(project, monkeypatch):
     """full+dpo continues from the full cell with d2lib.fpo.run (one step) and is evaluated like any row."""
-    fpo = pytest.importorskip("d2lib.fpo")
+    from d2lib import fpo
     monkeypatch.setenv("D2LIB_ROOT", str(project))
     if not (project / "artifacts" / "ablation" / "full" / "0" / "final").is_dir():
         A.main(["cell", "--variant", "full", "--seed", "0"])
