@@ -147,15 +147,15 @@ def _check_objects(spec: VideoSpec, objects, video: str | None) -> list[int]:
 
 
 def _resize(w: np.ndarray, size: int) -> np.ndarray:
-    """``float32 (..., R, R)`` -> ``(..., size, size)`` with the filter of :func:`d2lib.video.resize_frames`
-    (bilinear, antialiased, half-pixel centres; a square frame needs no crop)."""
+    """``float32 (..., R, R)`` -> ``(..., size, size)`` with the decoder's filter
+    (:func:`d2lib.video.interpolate`, as :func:`d2lib.video.resize_frames` uses it; a square frame needs no crop)."""
     import torch
-    import torch.nn.functional as F
+
+    from .video import interpolate
 
     lead, r = w.shape[:-2], w.shape[-1]
     x = torch.from_numpy(np.ascontiguousarray(w.reshape(-1, 1, r, r), dtype=np.float32))
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.numpy().reshape(*lead, size, size)
+    return interpolate(x, size, size).numpy().reshape(*lead, size, size)
 
 
 def _weights_at(spec: VideoSpec, cfg: WorldConfig, idx: np.ndarray, size: int) -> np.ndarray:

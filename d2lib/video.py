@@ -99,6 +99,17 @@ def sample_indices(n_frames: int, src_fps: float, target_fps: float = 1.0) -> np
 
 # ----------------------------------------------------------------------------- transforms
 
+def interpolate(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """The decoder's resampling filter on float ``(N, C, H, W)`` -> ``(N, C, out_h, out_w)``: bilinear with
+    antialiasing and half-pixel centres. :func:`resize_frames` applies it to frames, :mod:`d2lib.masks` to
+    each object's share of every pixel, so masks and frames go through the same filter.
+
+    >>> interpolate(torch.ones(1, 1, 8, 8), 4, 4).shape
+    torch.Size([1, 1, 4, 4])
+    """
+    return F.interpolate(x, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
+
+
 def resize_frames(frames: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
     """Resize ``uint8 (N, H, W, 3)`` frames to ``uint8 (N, size, size, 3)``.
 
@@ -123,7 +134,7 @@ def resize_frames(frames: np.ndarray, size: int, crop: bool = True) -> np.ndarra
     else:
         out_h, out_w = size, size
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
+    x = interpolate(x, out_h, out_w)
     top, left = (out_h - size) // 2, (out_w - size) // 2
     x = x[:, :, top : top + size, left : left + size]  # (N, 3, size, size)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
