@@ -1,6 +1,9 @@
 """The setup contract: pins agree, DVC analytics off, CI calls `make test`, notebooks clean."""
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -123,17 +126,15 @@ def test_every_stage_declares_its_threads_and_lessons_are_normalized():
 
 def _make_copy(tmp: Path) -> Path:
     """The Makefile and what its targets read, in a scratch folder (no install happens in these tests)."""
-    import shutil
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, tmp / name)
     return tmp
 
 
 def test_make_data_names_a_missing_remote_folder(tmp_path):
-    import subprocess
     repo = _make_copy(tmp_path)
     (repo / ".venv" / "bin").mkdir(parents=True)
-    (repo / ".venv" / "bin" / "python").symlink_to(Path(__import__("sys").executable))
+    (repo / ".venv" / "bin" / "python").symlink_to(Path(sys.executable))
     (repo / ".venv" / ".installed").touch()  # an installed venv: `make data` goes straight to the pull
     res = subprocess.run(["make", "data"], cwd=repo, capture_output=True, text=True)
     assert res.returncode != 0
@@ -141,7 +142,6 @@ def test_make_data_names_a_missing_remote_folder(tmp_path):
 
 
 def test_a_venv_whose_python_is_gone_is_rebuilt(tmp_path):
-    import subprocess
     repo = _make_copy(tmp_path)
     (repo / ".venv" / "bin").mkdir(parents=True)
     (repo / ".venv" / "bin" / "python").symlink_to(tmp_path / "gone" / "python3")  # its base Python removed
