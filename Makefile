@@ -7,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 # Run everything with the venv first on PATH (dvc stages call papermill from it); keep HF libraries
 # offline: nothing is downloaded at run time. The numeric environment (threads, CPU kernel ISA) is pinned
-# in one place, d2lib/numenv.py: the runner and each stage's command apply it, `make test` runs under it.
+# in one place, d2lib/core/numenv.py: the runner and each stage's command apply it, `make test` runs under it.
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -41,22 +41,22 @@ data: venv
 	  "if $(VENV) is damaged, run 'make clean-venv' and try again" >&2; exit 1; }
 
 # `dvc repro`'s stages on a Dask LocalCluster of this machine's cores, each with the threads its command
-# declares (d2lib/repro.py); plain `dvc repro` gives the same bits one stage at a time.
+# declares (d2lib/tools/repro.py); plain `dvc repro` gives the same bits one stage at a time.
 # REPRO_ARGS: e.g. --scheduler tcp://host:8786 for a running Dask cluster sharing this workspace.
 repro: data
-	$(BIN)/python -m d2lib.repro $(REPRO_ARGS)
+	$(BIN)/python -m d2lib.tools.repro $(REPRO_ARGS)
 
 test: data plots-assets book-assets
-	$(BIN)/python -m d2lib.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
+	$(BIN)/python -m d2lib.core.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
 benchmark: venv
-	$(BIN)/python -m d2lib.synth benchmark --out data/shapes
+	$(BIN)/python -m d2lib.world.synth benchmark --out data/shapes
 	$(BIN)/dvc add data
 	$(BIN)/dvc push -r local data.dvc
 
 bench: venv
-	$(BIN)/python -m d2lib.bench
+	$(BIN)/python -m d2lib.tools.bench
 
 clean-venv:
 	rm -rf $(VENV)
@@ -73,7 +73,7 @@ tools/vega/dvc_plots.html: tools/vega/package.json tools/vega/package-lock.json 
 # (Sphinx + myst-nb + sphinx-book-theme from pip, MathJax from npm: nothing fetched at build or read time).
 # Read it: python -m http.server -d book/_build/html
 book: venv book-assets
-	$(BIN)/python -m d2lib.book
+	$(BIN)/python -m d2lib.tools.book
 
 book-assets: tools/book/node_modules/.installed
 

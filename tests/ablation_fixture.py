@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from d2lib import ablation, data, datasets, synth, timing
+from d2lib.study import ablation
+from d2lib.training import data
+from d2lib.world import datasets, synth
+from d2lib.core import timing
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
             vision_heads=2, vision_ffn=64)
@@ -34,7 +37,7 @@ def mini_project(root: Path, n_videos: int = 2, duration: int = 12) -> Path:
     """Write a runnable tiny project under ``root`` (see the module docstring); returns ``root``."""
     import torch
 
-    from d2lib.model import D2VLM, ModelConfig
+    from d2lib.vlm.model import D2VLM, ModelConfig
 
     world = synth.WorldConfig(min_duration=duration, max_duration=duration, min_events=2, max_events=3)
     all_records = []
@@ -93,7 +96,7 @@ def _rows(row: str, records, quality: float, rng) -> list[dict]:
 def switches(row: str) -> dict:
     import dataclasses
 
-    from d2lib.model import VariantsConfig
+    from d2lib.vlm.model import VariantsConfig
 
     try:
         return dataclasses.asdict(VariantsConfig().get(ablation.split_row(row)[0]))

@@ -27,6 +27,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def rows():
     """The ``variants`` section of params.yaml (ablation rows + the peers' ``extra`` rows)."""
-    from d2lib import config
+    from d2lib.core import config
 
     return config.load_section("variants")

@@ -3,7 +3,7 @@ uint8 frames at 1 fps, 32×32 — no rendering, no artifacts, no video decoding.
 import numpy as np
 import torch
 
-from d2lib import synth
+from d2lib.world import synth
 
 
 def tiny_split(n_videos: int = 3, duration: int = 16, seed: int = 7):

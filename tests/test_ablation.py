@@ -1,4 +1,4 @@
-"""d2lib.ablation: the interval math on known per-seed values, the video bootstrap, the claims and their
+"""d2lib.study.ablation: the interval math on known per-seed values, the video bootstrap, the claims and their
 plain-language statement, the aggregate's files, and one real (tiny) matrix cell end to end."""
 import dataclasses
 import json
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from ablation_fixture import ABLATION_TINY, fake_cells, fake_records, mini_project
-from d2lib import ablation as A
-from d2lib import config, headline, timing
+from d2lib.study import ablation as A
+from d2lib.core import config, headline, timing
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (tables)
 
@@ -208,7 +208,7 @@ def test_matrix_cell_trains_evaluates_and_writes_its_files(project, monkeypatch)
     c = project / "artifacts" / "ablation" / "coupled" / "0"
     assert (c / "metrics.json").is_file() and not (c / "final").exists()
 
-    # the fpo row plugs into fpo.run's interface (a stub here: d2lib.fpo is tested on its own)
+    # the fpo row plugs into fpo.run's interface (a stub here: d2lib.stages.fpo is tested on its own)
     calls = []
 
     def fpo_stub(cfg, variant, seed, out_dir, sft_dir, use_grounding=True):
@@ -233,8 +233,8 @@ def test_matrix_cell_trains_evaluates_and_writes_its_files(project, monkeypatch)
 
 
 def test_preference_row_with_the_real_fpo_run(project, monkeypatch):
-    """full+dpo continues from the full cell with d2lib.fpo.run (one step) and is evaluated like any row."""
-    from d2lib import fpo
+    """full+dpo continues from the full cell with d2lib.stages.fpo.run (one step) and is evaluated like any row."""
+    from d2lib.stages import fpo
     monkeypatch.setenv("D2LIB_ROOT", str(project))
     if not (project / "artifacts" / "ablation" / "full" / "0" / "final").is_dir():
         A.main(["cell", "--variant", "full", "--seed", "0"])
@@ -254,7 +254,7 @@ def test_preference_row_with_the_real_fpo_run(project, monkeypatch):
 
 
 def test_bench_counts_the_configured_cells(tmp_path, monkeypatch):
-    from d2lib import bench
+    from d2lib.tools import bench
 
     root = tmp_path / "proj"
     fake_cells(root / "artifacts" / "ablation", {"coupled": 0.5, "full": 0.5, "stale_row": 0.5}, seeds=(0, 1))

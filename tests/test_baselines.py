@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from d2lib.baselines import normalised_mean_span, prior_span, random_span
-from d2lib.metrics import charades_sta
-from d2lib.spans import iou
+from d2lib.evaluation.baselines import normalised_mean_span, prior_span, random_span
+from d2lib.evaluation.metrics import charades_sta
+from d2lib.core.spans import iou
 
 
 def test_random_span_bounds_order_and_determinism():
@@ -54,7 +54,7 @@ def test_prior_baseline_scores_on_charades_metric():
 
 
 # --- TFVTG-style scorer ---------------------------------------------------------------------------
-from d2lib.baselines import (  # noqa: E402
+from d2lib.evaluation.baselines import (  # noqa: E402
     boundary_scores, gaussian_smooth, static_scores, tfvtg_proposals, tfvtg_scores, tfvtg_span,
 )
 

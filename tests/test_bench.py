@@ -1,9 +1,10 @@
-"""d2lib.bench: stage times come from the timing logs; no budget verdict over a pipeline that did not run."""
+"""d2lib.tools.bench: stage times come from the timing logs; no budget verdict over a pipeline that did not run."""
 import json
 
 import nbformat
 
-from d2lib import bench, nbnorm, timing
+from d2lib.tools import bench, nbnorm
+from d2lib.core import timing
 
 
 def _executed(path, seconds):

@@ -1,4 +1,4 @@
-"""`make book`: the static site of the executed lessons (d2lib.book).
+"""`make book`: the static site of the executed lessons (d2lib.tools.book).
 
 A tiny executed lesson made here (title, prose, inline and display math, a figure, a table, a widget
 output with its static HTML fallback) is built into a site; the site has the lesson page, its figure,
@@ -15,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-from d2lib import book
+from d2lib.tools import book
 
 WORD = "quokkaspan"  # a word only the tiny lesson contains, for the search check
 
@@ -121,7 +121,7 @@ def test_book_without_executed_lessons_fails_clearly(tmp_path):
     nbformat.write(nb, broken)
     with pytest.raises(book.BookError, match="stopped with KeyError in code cell 2"):
         book.build(tmp_path / "lessons", tmp_path / "html")
-    res = subprocess.run([sys.executable, "-m", "d2lib.book", "--lessons", str(tmp_path / "nothing"),
+    res = subprocess.run([sys.executable, "-m", "d2lib.tools.book", "--lessons", str(tmp_path / "nothing"),
                           "--out", str(tmp_path / "html")], capture_output=True, text=True)
     assert res.returncode == 1 and "no executed lessons" in res.stderr and "make repro" in res.stderr
 

@@ -1,10 +1,10 @@
-"""d2lib.config: unknown keys and bad values are errors naming the key; profiles merge."""
+"""d2lib.core.config: unknown keys and bad values are errors naming the key; profiles merge."""
 from dataclasses import dataclass
 
 import pytest
 
-from d2lib import config
-from d2lib.config import ConfigError
+from d2lib.core import config
+from d2lib.core.config import ConfigError
 
 
 @dataclass(frozen=True)

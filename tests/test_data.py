@@ -1,9 +1,10 @@
-"""d2lib.data: align response mode, examples, collate, tower-feature cache."""
+"""d2lib.training.data: align response mode, examples, collate, tower-feature cache."""
 import pytest
 import torch
 
-from d2lib import data, tokens
-from d2lib.model import D2VLM, ModelConfig, VariantsConfig
+from d2lib.training import data
+from d2lib.vlm import tokens
+from d2lib.vlm.model import D2VLM, ModelConfig, VariantsConfig
 
 from shapes_fixture import tiny_split
 

@@ -1,4 +1,4 @@
-"""d2lib.datasets: schema validation (repairs counted, errors name the file), loaders for
+"""d2lib.world.datasets: schema validation (repairs counted, errors name the file), loaders for
 E.T. Bench / Shapes / Charades-STA / TimeIT / YouCook2, PrepareConfig, and the frame cache."""
 import json
 import logging
@@ -8,9 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from d2lib import config, datasets
-from d2lib.config import ConfigError
-from d2lib.datasets import DatasetError, DatasetFileNotFound, validate_record
+from d2lib.core import config
+from d2lib.world import datasets
+from d2lib.core.config import ConfigError
+from d2lib.world.datasets import DatasetError, DatasetFileNotFound, validate_record
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -138,7 +139,7 @@ def test_all_tasks_known_and_mcq_shapes():
 def test_load_etbench_file_and_report(tmp_path, caplog):
     f = write_json(tmp_path / "etbench_txt_v1.0.json", [tvg(0), tvg(1, tgt=[9, 4]), dvc(2, tgt=[[1, 5], [8, 99]]),
                                                        mcq("rar", 3)])
-    with caplog.at_level(logging.INFO, logger="d2lib.datasets"):
+    with caplog.at_level(logging.INFO, logger="d2lib.world.datasets"):
         records, report = datasets.load_etbench(f)
     assert [r["idx"] for r in records] == [0, 1, 2, 3]
     assert records[1]["tgt"] == [4.0, 9.0] and records[2]["tgt"][1] == [8, 30.0]
@@ -226,7 +227,7 @@ AO8RW 9.5 3.0##person reversed.
 def test_load_charades_txt(tmp_path, caplog):
     f = tmp_path / "charades_sta_test.txt"
     f.write_text(CHARADES)
-    with caplog.at_level(logging.WARNING, logger="d2lib.datasets"):
+    with caplog.at_level(logging.WARNING, logger="d2lib.world.datasets"):
         records, report = datasets.load_charades_txt(f, {"3MSZA": 32.0, "AO8RW": 33.5})
     assert [r["idx"] for r in records] == [0, 1, 2, 3]
     r0 = records[0]
@@ -410,7 +411,7 @@ def test_frame_cache_frame_count_mismatch(clips, tmp_path):
 
 
 def test_frame_cache_missing_video_names_file_and_leaves_nothing(clips, tmp_path):
-    from d2lib.video import VideoError
+    from d2lib.world.video import VideoError
 
     recs = [tvg(0, video="videos/a.mp4", duration=4), tvg(1, video="videos/gone.mp4", duration=4)]
     with pytest.raises(VideoError, match="gone.mp4"):
@@ -419,7 +420,7 @@ def test_frame_cache_missing_video_names_file_and_leaves_nothing(clips, tmp_path
 
 
 def test_frame_cache_atomic_on_midway_failure(clips, tmp_path, monkeypatch):
-    from d2lib import video
+    from d2lib.world import video
 
     out = tmp_path / "frames_train.npz"
     out.write_bytes(b"old cache")  # an existing cache survives a failed rebuild untouched
@@ -457,7 +458,7 @@ def test_load_frame_cache_missing_or_corrupt(clips, tmp_path):
 def test_shapes_render_load_cache_and_exports(tmp_path):
     """The whole Shapes path: render → load_shapes → frame cache; the split's Charades/YouCook2
     exports load back to the same spans and captions."""
-    from d2lib import synth
+    from d2lib.world import synth
 
     root = tmp_path / "train"
     synth.render_split(root, 2, 0, synth.WorldConfig(), "train")

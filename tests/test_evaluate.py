@@ -1,4 +1,4 @@
-"""d2lib.evaluate: the evaluate stage's library — oracle answers score perfectly, a tiny untrained model
+"""d2lib.stages.evaluate: the evaluate stage's library — oracle answers score perfectly, a tiny untrained model
 and the baselines write every file in its evaluator's format, metrics have the expected keys."""
 import json
 
@@ -7,8 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib import config, data, evaluate as ev, formats, headline, synth, timing, tokens
-from d2lib.model import D2VLM, ModelConfig, VariantsConfig
+from d2lib.core import config, headline, timing
+from d2lib.training import data
+from d2lib.stages import evaluate as ev
+from d2lib.evaluation import formats
+from d2lib.world import synth
+from d2lib.vlm import tokens
+from d2lib.vlm.model import D2VLM, ModelConfig, VariantsConfig
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
             vision_heads=2, vision_ffn=64)
@@ -224,8 +229,8 @@ def test_params_section_and_smoke_profile():
 
 
 def test_heads_similarity_is_the_align_contrastive_score(split, tiny_model):
-    """measure="heads" equals e·f_t/√d of d2lib.videotext (frame features and caption features)."""
-    from d2lib import videotext
+    """measure="heads" equals e·f_t/√d of d2lib.training.videotext (frame features and caption features)."""
+    from d2lib.training import videotext
 
     records, _, frames, _ = split
     model, tok, _ = ev.load_model(str(tiny_model))

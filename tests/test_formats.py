@@ -1,13 +1,13 @@
-"""The public evaluators' formats (d2lib.formats, lesson 06_evaluation): round trips, the keys and types
+"""The public evaluators' formats (d2lib.evaluation.formats, lesson 06_evaluation): round trips, the keys and types
 each evaluator reads, atomic writes. Pure Python, no model, no Java."""
 import json
 import os
 
 import pytest
 
-from d2lib import datasets
-from d2lib import formats as F
-from d2lib import metrics as M
+from d2lib.world import datasets
+from d2lib.evaluation import formats as F
+from d2lib.evaluation import metrics as M
 
 TVG = [
     {"idx": 0, "task": "tvg", "source": "s", "video": "videos/v0.mp4", "duration": 30, "tgt": [4, 9],

@@ -1,4 +1,4 @@
-"""d2lib.fpo: the FPO step equals SFT + w·fpo_loss computed by hand from two forward passes; DPO
+"""d2lib.stages.fpo: the FPO step equals SFT + w·fpo_loss computed by hand from two forward passes; DPO
 (use_grounding false) ignores the grounding term; the reference (peft ``disable_adapter`` + frozen
 head copies, or a frozen copy without LoRA) scores like the model we started from; a few dozen FPO
 steps on 4 pairs (both families) raise their preference accuracy. Tiny model, real Shapes records."""
@@ -10,11 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2lib import config, fpo, preference, sft, synth, tokens, train
-from d2lib.config import ConfigError
-from d2lib.fpo import FPOConfig, PairCollator, PreferenceModel, pair_examples
-from d2lib.lora import LoraSettings
-from d2lib.model import D2VLM, ModelConfig, Variant
+from d2lib.core import config
+from d2lib.stages import fpo, sft
+from d2lib.training import preference, train
+from d2lib.world import synth
+from d2lib.vlm import tokens
+from d2lib.core.config import ConfigError
+from d2lib.stages.fpo import FPOConfig, PairCollator, PreferenceModel, pair_examples
+from d2lib.vlm.lora import LoraSettings
+from d2lib.vlm.model import D2VLM, ModelConfig, Variant
 
 WORLD = synth.WorldConfig(render_fps=1, render_size=32, min_duration=12, max_duration=14,
                           min_events=2, max_events=3, max_objects=2)
@@ -201,7 +205,7 @@ def test_reference_gets_no_gradient(world):
 
 
 def _fit(world, tmp_path, seed=0, **kw):
-    """Train a fresh tiny policy on the 4 pairs through d2lib.train.fit (the stage's loop); returns the
+    """Train a fresh tiny policy on the 4 pairs through d2lib.training.train.fit (the stage's loop); returns the
     val rows before/after, the fit result and the policy."""
     _, videos, tok, pairs = world
     cfg = make_cfg(steps=40)

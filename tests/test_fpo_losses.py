@@ -1,4 +1,4 @@
-"""FPO / DPO losses (d2lib.losses, lesson 05_fpo): golden values worked out by hand.
+"""FPO / DPO losses (d2lib.core.losses, lesson 05_fpo): golden values worked out by hand.
 
 Notation: β = 0.1, softplus(x) = log(1 + e^x), −log σ(x) = softplus(−x) = log(1 + e^−x).
 """
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from d2lib import losses
-from d2lib.spans import soft_targets
+from d2lib.core import losses
+from d2lib.core.spans import soft_targets
 
 BETA = 0.1
 nll_sigmoid = lambda x: math.log1p(math.exp(-x))  # −log σ(x)  # noqa: E731

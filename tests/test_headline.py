@@ -1,12 +1,12 @@
-"""The headline metrics (d2lib.headline): few flat numbers per stage, ≤ BUDGET with the default params,
-and nothing but d2lib.headline writes or reads the DVC metrics files."""
+"""The headline metrics (d2lib.core.headline): few flat numbers per stage, ≤ BUDGET with the default params,
+and nothing but d2lib.core.headline writes or reads the DVC metrics files."""
 import json
 import re
 from pathlib import Path
 
 import yaml
 
-from d2lib import config, headline
+from d2lib.core import config, headline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,12 @@
-"""d2lib.infer: predict fills answers, eval_tvg / eval_mcq / random_tvg return the protocol's keys."""
+"""d2lib.vlm.infer: predict fills answers, eval_tvg / eval_mcq / random_tvg return the protocol's keys."""
 import re
 
 import pytest
 import torch
 
-from d2lib import data, infer, tokens
-from d2lib.model import D2VLM, ModelConfig, VariantsConfig
+from d2lib.training import data
+from d2lib.vlm import infer, tokens
+from d2lib.vlm.model import D2VLM, ModelConfig, VariantsConfig
 
 from shapes_fixture import tiny_split
 

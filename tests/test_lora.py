@@ -1,10 +1,10 @@
-"""d2lib.lora: a saved adapter names its base model relative to the project root (adapter_config.json and
+"""d2lib.vlm.lora: a saved adapter names its base model relative to the project root (adapter_config.json and
 README.md are DVC-hashed with the model: an absolute path would make them depend on the checkout's folder)."""
 import json
 
 from transformers import Phi3ForCausalLM
 
-from d2lib.lora import LoraSettings, apply_lora, tiny_phi3
+from d2lib.vlm.lora import LoraSettings, apply_lora, tiny_phi3
 
 
 def test_saved_adapter_names_its_base_model_relative_to_the_project(tmp_path, monkeypatch):

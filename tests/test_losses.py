@@ -1,10 +1,10 @@
-"""d2lib.losses: each loss against its formula written out by hand, masks, and gradients."""
+"""d2lib.core.losses: each loss against its formula written out by hand, masks, and gradients."""
 import math
 
 import torch
 
-from d2lib import losses
-from d2lib.spans import soft_targets
+from d2lib.core import losses
+from d2lib.core.spans import soft_targets
 
 
 def test_grounding_bce_formula_and_mask():

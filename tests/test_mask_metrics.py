@@ -1,11 +1,11 @@
-"""d2lib.mask_metrics: J, boundary F, J&F, vIoU and GCG mask scores on masks counted by hand."""
+"""d2lib.evaluation.mask_metrics: J, boundary F, J&F, vIoU and GCG mask scores on masks counted by hand."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from d2lib import mask_metrics as mm
+from d2lib.evaluation import mask_metrics as mm
 
 
 def grid(rows):

@@ -1,4 +1,4 @@
-"""d2lib.masks: exact object masks agree with the renderer and the decoded frames; packing and the cache."""
+"""d2lib.world.masks: exact object masks agree with the renderer and the decoded frames; packing and the cache."""
 import dataclasses
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lib import masks as M
-from d2lib import video
-from d2lib.synth import (BACKGROUND, EventSpec, ObjectSpec, VideoSpec, WorldConfig, render_frames, sample_video,
+from d2lib.world import masks as M
+from d2lib.world import video
+from d2lib.world.synth import (BACKGROUND, EventSpec, ObjectSpec, VideoSpec, WorldConfig, render_frames, sample_video,
                          track)
 
 CFG = WorldConfig()  # params.yaml's world: 4 fps, 64 px, noise 2

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from d2lib import metrics as M
+from d2lib.evaluation import metrics as M
 
 HAVE_JAVA = shutil.which("java") is not None
 requires_java = pytest.mark.skipif(

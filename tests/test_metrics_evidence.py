@@ -1,8 +1,8 @@
 """The evidence stage under both conventions, and exact ties, on one small exported E.T. Bench set.
 
 ``SET`` is a whole submission (tvg, tem, tal, gvq, dvc, rar; D²VLM's ``</evi>`` answers) written with
-:func:`d2lib.formats.write_etbench_submission` and read back, then scored by
-:func:`d2lib.metrics.evaluate_etbench`:
+:func:`d2lib.evaluation.formats.write_etbench_submission` and read back, then scored by
+:func:`d2lib.evaluation.metrics.evaluate_etbench`:
 
 * ``evidence="independent"`` (the default) against values computed by hand below;
 * ``evidence="d2vlm", arithmetic="float32"`` against the frozen output of D²VLM's evaluator
@@ -29,8 +29,8 @@ from fractions import Fraction
 
 import pytest
 
-from d2lib import formats as F
-from d2lib import metrics as M
+from d2lib.evaluation import formats as F
+from d2lib.evaluation import metrics as M
 
 OPTS = ["a red square", "a blue circle", "a green star", "a yellow cross"]
 DVC_GT, DVC_G = [[0, 10], [20, 30]], ["a man cuts onions.", "he fries them."]
@@ -328,7 +328,7 @@ def test_published_script_reproduces_frozen_values(exported):
 
 def test_exact_ties_in_the_set_are_exact():
     """The ties above are ties: the IoUs the hand values rely on are exactly 1/2, 7/10 and 1/10."""
-    from d2lib.spans import iou_exact
+    from d2lib.core.spans import iou_exact
 
     assert iou_exact([22, 28], [20.2, 25.9]) == Fraction(1, 2)
     assert iou_exact([10, 20], [10, 17]) == Fraction(7, 10) == iou_exact([0, 10], [0, 7])

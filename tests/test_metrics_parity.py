@@ -38,7 +38,7 @@ Deviations found (each asserted below):
 4. A caption preamble ("Here are the events I found: 12 - 14, …"): E.T. Bench turns the preamble into
    the first caption and shifts every caption onto the next span; we keep captions on their spans.
    Detection F1 is the same; caption scores differ.
-5. Fixed in ``d2lib.metrics.youcook2_dvc`` to match: TimeChat's (and SODA's) ``sodac`` passes
+5. Fixed in ``d2lib.evaluation.metrics.youcook2_dvc`` to match: TimeChat's (and SODA's) ``sodac`` passes
    ``compute_score(res, gts)`` to ``Meteor.compute_score(gts, res)``, i.e. the GT caption is METEOR's
    hypothesis and the prediction its reference. METEOR is asymmetric; we had it the other way (SODA_c
    0.63280 vs 0.63056 on this fixture).
@@ -56,9 +56,9 @@ from pathlib import Path
 
 import pytest
 
-from d2lib import formats as F
-from d2lib import metrics as M
-from d2lib.spans import iou
+from d2lib.evaluation import formats as F
+from d2lib.evaluation import metrics as M
+from d2lib.core.spans import iou
 
 DATA = Path(__file__).parent / "data" / "parity"
 HAVE_JAVA = shutil.which("java") is not None
@@ -250,7 +250,7 @@ def _make_fixtures():
 
 
 def test_fixtures_are_reproducible(submission):
-    """The committed files are what make_fixtures.py and d2lib.formats produce today (else the frozen
+    """The committed files are what make_fixtures.py and d2lib.evaluation.formats produce today (else the frozen
     published values no longer describe them: regenerate and re-run run_published.py)."""
     mk = _make_fixtures()
     annotations = mk.ROOT / "data/shapes/val/annotations.json"

@@ -1,4 +1,4 @@
-"""d2lib.model: shapes, the 4-D mask, gradients, overfitting, KV-cached generation, variants,
+"""d2lib.vlm.model: shapes, the 4-D mask, gradients, overfitting, KV-cached generation, variants,
 the phi3-mini preset at reduced depth, and save/load. Self-contained tiny frames + records."""
 import dataclasses
 import time
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from d2lib import config, tokens
-from d2lib.config import ConfigError
-from d2lib.model import D2VLM, ModelConfig, Variant, VariantsConfig, attention_mask_4d, position_ids
-from d2lib.spans import decode_span, soft_targets
+from d2lib.core import config
+from d2lib.vlm import tokens
+from d2lib.core.config import ConfigError
+from d2lib.vlm.model import D2VLM, ModelConfig, Variant, VariantsConfig, attention_mask_4d, position_ids
+from d2lib.core.spans import decode_span, soft_targets
 
 T_FRAMES = 12
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 230), "yellow": (230, 220, 30)}

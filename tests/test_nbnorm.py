@@ -1,4 +1,4 @@
-"""d2lib.nbnorm: an executed lesson holds no timestamps, durations or random ids; its outputs stay."""
+"""d2lib.tools.nbnorm: an executed lesson holds no timestamps, durations or random ids; its outputs stay."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from d2lib import nbnorm, timing
+from d2lib.tools import nbnorm
+from d2lib.core import timing
 
 CELLS = [
     "import sys, time\nprint('hello', 1 + 1)\nprint('started at', time.time(), file=sys.stderr)",

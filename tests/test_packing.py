@@ -1,12 +1,13 @@
-"""Packed multi-query training (d2lib.tokens.pack_examples): one sequence per video — frames once,
+"""Packed multi-query training (d2lib.vlm.tokens.pack_examples): one sequence per video — frames once,
 then one segment per query — must give the same scores, logits and losses as one sequence per query,
 evidence injection and the consistency pairs included."""
 import numpy as np
 import pytest
 import torch
 
-from d2lib import data, tokens
-from d2lib.model import D2VLM, ModelConfig, Variant, VariantsConfig
+from d2lib.training import data
+from d2lib.vlm import tokens
+from d2lib.vlm.model import D2VLM, ModelConfig, Variant, VariantsConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
@@ -119,7 +120,7 @@ def test_packed_gradients_match(setup):
 
 
 def test_mask_isolates_segments():
-    from d2lib.model import attention_mask_4d
+    from d2lib.vlm.model import attention_mask_4d
 
     valid = torch.ones(1, 7, dtype=torch.bool)
     is_frame = torch.tensor([[False, True, True, False, False, False, False]])

@@ -1,7 +1,7 @@
 """Parsers of free-text answers (lesson 06_evaluation): spans, dense captions, option letters, </evi>."""
 import pytest
 
-from d2lib.parsing import (
+from d2lib.core.parsing import (
     parse_dense_captions,
     parse_option,
     parse_spans,

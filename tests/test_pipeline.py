@@ -113,9 +113,9 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     stage's threads are its declared count, never the scheduler's."""
     env = _env()
     repo = _smoke_clone(tmp_path / "clone", env)
-    _run([str(BIN / "python"), "-m", "d2lib.repro", "--workers", "2", "--cores", "1"], repo, env)
+    _run([str(BIN / "python"), "-m", "d2lib.tools.repro", "--workers", "2", "--cores", "1"], repo, env)
     narrow = _smoke_clone(tmp_path / "narrow", env)
-    _run([str(BIN / "python"), "-m", "d2lib.repro", "sft", "ablation_sft@full-0", "--workers", "1", "--cores", "1"],
+    _run([str(BIN / "python"), "-m", "d2lib.tools.repro", "sft", "ablation_sft@full-0", "--workers", "1", "--cores", "1"],
          narrow, env)
     ran = ("prepare", "align", "sft", "ablation_sft@full-0")  # (the copied dvc.lock lists every stage)
     lock, lock1 = ({s: _lock(r)[s] for s in ran} for r in (repo, narrow))
@@ -125,7 +125,7 @@ def test_dvc_repro_smoke_pipeline(tmp_path):
     assert any(p.endswith(".safetensors") for p in files)  # trained weights among them
     assert json.loads((repo / "artifacts" / "repro_timing.json").read_text())["complete"]
 
-    from d2lib import headline
+    from d2lib.core import headline
     # the DVC metrics files: the headline numbers only (flat, within the budget); everything else is in the
     # full results beside them, and each headline is computed from those results
     heads = {p.stem: json.loads(p.read_text()) for p in sorted((repo / "artifacts" / "metrics").glob("*.json"))}

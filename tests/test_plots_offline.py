@@ -50,7 +50,7 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
 
 
 def _cells(scale: float) -> list[dict]:
-    from d2lib import ablation
+    from d2lib.study import ablation
 
     rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE)]
     return [{"row": r, "label": ablation.label(r), "seed": s, "metric": m, "value": min(1.0, scale * (0.1 + 0.08 * k + 0.02 * s))}

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from d2lib.config import ConfigError
-from d2lib.model import AttnPool, D2VLM, ModelConfig, Variant
-from d2lib import tokens
+from d2lib.core.config import ConfigError
+from d2lib.vlm.model import AttnPool, D2VLM, ModelConfig, Variant
+from d2lib.vlm import tokens
 
 
 def test_each_query_pools_its_own_place():

@@ -1,4 +1,4 @@
-"""d2lib.preference: every perturbation gives a well-formed, plausible, *wrong* record that differs
+"""d2lib.training.preference: every perturbation gives a well-formed, plausible, *wrong* record that differs
 from the chosen one in the labelled way only; determinism; same response layout as the chosen."""
 import copy
 import doctest
@@ -8,10 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from d2lib import parsing, preference, synth, tokens
-from d2lib.preference import TASK_TYPES, TYPES, make_pairs, perturb
-from d2lib.spans import iou
-from d2lib.tokens import EVI, EVI_END
+from d2lib.core import parsing
+from d2lib.training import preference
+from d2lib.world import synth
+from d2lib.vlm import tokens
+from d2lib.training.preference import TASK_TYPES, TYPES, make_pairs, perturb
+from d2lib.core.spans import iou
+from d2lib.vlm.tokens import EVI, EVI_END
 
 N_VIDEOS = 24
 VOCAB = set(synth.vocabulary())

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib import ablation, infer, losses, tokens
-from d2lib.model import Variant
+from d2lib.study import ablation
+from d2lib.vlm import infer, tokens
+from d2lib.core import losses
+from d2lib.vlm.model import Variant
 
 
 def answered(pred_of):
@@ -56,7 +58,7 @@ def test_consistency_scores_is_zero_for_features_that_score_alike():
 
 @pytest.mark.parametrize("form, ground_grad", [("l1", True), ("l1_detached", False), ("scores", True)])
 def test_consistency_forms_route_gradients(form, ground_grad):
-    from d2lib.model import D2VLM
+    from d2lib.vlm.model import D2VLM
 
     e = torch.randn(4, 8, requires_grad=True)
     scores = torch.randn(4, 5, requires_grad=True)
@@ -100,8 +102,8 @@ def test_metric_value_reads_query_use():
 
 
 def test_consistency_start_switches_the_term_on_part_way():
-    from d2lib import data, sft
-    from d2lib.model import D2VLM, ModelConfig
+    from d2lib.training import data, sft
+    from d2lib.vlm.model import D2VLM, ModelConfig
 
     recs = [{"idx": 0, "task": "tvg", "video": "a", "tgt": [1, 3], "q": "When does the red circle grow?"}]
     tok = tokens.train_word_tokenizer(tokens.record_texts(recs), max_seconds=8)

@@ -1,4 +1,4 @@
-"""d2lib.repro (``make repro``): DVC's pipeline on Dask ``distributed``, committed stage by stage."""
+"""d2lib.tools.repro (``make repro``): DVC's pipeline on Dask ``distributed``, committed stage by stage."""
 import hashlib
 import json
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from d2lib import repro
+from d2lib.tools import repro
 
 # Each stage writes what it computed from its deps and the numeric environment it saw (its output, which
 # DVC hashes), and when it ran to times/ (not an output).
@@ -23,7 +23,7 @@ STAGE = textwrap.dedent("""\
     os.makedirs("times", exist_ok=True)
     json.dump({"start": start, "end": time.time()}, open(f"times/{out}", "w"))
 """)
-NUMENV = f"{sys.executable} -m d2lib.numenv"
+NUMENV = f"{sys.executable} -m d2lib.core.numenv"
 
 
 def _stage(name, deps, secs=0.0, fail=False, threads=None):

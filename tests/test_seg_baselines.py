@@ -1,4 +1,4 @@
-"""d2lib.seg_baselines: the whole-frame and colour-threshold mask baselines and their scores (lesson 09)."""
+"""d2lib.evaluation.seg_baselines: the whole-frame and colour-threshold mask baselines and their scores (lesson 09)."""
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lib import config, masks as M, seg_baselines as B, seg_records as R, video
-from d2lib.synth import BACKGROUND, COLOURS, VideoSpec
+from d2lib.core import config
+from d2lib.world import masks as M, seg_records as R, video
+from d2lib.evaluation import seg_baselines as B
+from d2lib.world.synth import BACKGROUND, COLOURS, VideoSpec
 
 VAL = Path(__file__).resolve().parents[1] / "data" / "shapes" / "val"
 

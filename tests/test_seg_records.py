@@ -1,4 +1,4 @@
-"""d2lib.seg_records: rvos / stg / gcap records built from world specs validate; every error fires."""
+"""d2lib.world.seg_records: rvos / stg / gcap records built from world specs validate; every error fires."""
 import copy
 import json
 from pathlib import Path
@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lib import masks as M
-from d2lib import seg_records as S
-from d2lib import synth
-from d2lib.datasets import DatasetError, validate_record
+from d2lib.world import masks as M
+from d2lib.world import seg_records as S
+from d2lib.world import synth
+from d2lib.world.datasets import DatasetError, validate_record
 
 CFG = synth.WorldConfig()
 VAL = Path(__file__).resolve().parents[1] / "data" / "shapes" / "val"

@@ -1,6 +1,6 @@
-"""d2lib.segdecoder: the spatial stream of the D²VLM tower, decoder shapes, the mask losses by hand,
+"""d2lib.vlm.segdecoder: the spatial stream of the D²VLM tower, decoder shapes, the mask losses by hand,
 the frame validity mask, gradients into the ``<seg>`` hidden state, and overfitting real Shapes clips
-(rendered, decoded-size frames and their exact masks from d2lib.masks) to J >= 0.8."""
+(rendered, decoded-size frames and their exact masks from d2lib.world.masks) to J >= 0.8."""
 import math
 import time
 
@@ -9,12 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2lib import config, mask_metrics, tokens, video
-from d2lib import masks as M
-from d2lib import segdecoder as S
-from d2lib.config import ConfigError
-from d2lib.model import D2VLM, ModelConfig, Variant
-from d2lib.synth import WorldConfig, render_frames, sample_video
+from d2lib.core import config
+from d2lib.evaluation import mask_metrics
+from d2lib.vlm import tokens
+from d2lib.world import video
+from d2lib.world import masks as M
+from d2lib.vlm import segdecoder as S
+from d2lib.core.config import ConfigError
+from d2lib.vlm.model import D2VLM, ModelConfig, Variant
+from d2lib.world.synth import WorldConfig, render_frames, sample_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 

@@ -93,7 +93,7 @@ def _expand_matrix(stages: dict, raw: dict) -> dict:
 
 
 def test_dvc_stages_list_existing_params_and_deps():
-    from d2lib import config
+    from d2lib.core import config
 
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     raw = config.read_yaml(ROOT / "params.yaml")
@@ -114,14 +114,14 @@ def test_dvc_stages_list_existing_params_and_deps():
 def test_every_stage_declares_its_threads_and_lessons_are_normalized():
     """A stage's thread count is part of its spec (its command), never the scheduler's choice; an executed
     lesson is normalized before DVC hashes it."""
-    from d2lib import numenv
+    from d2lib.core import numenv
 
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         cmd = stage["cmd"]
-        assert numenv.declared_threads(cmd), f"stage {name}: no 'python -m d2lib.numenv --threads N' in its cmd"
+        assert numenv.declared_threads(cmd), f"stage {name}: no 'python -m d2lib.core.numenv --threads N' in its cmd"
         if "papermill" in cmd:
             out = cmd.split("papermill", 1)[1].split("&&")[0].split()[-1]
-            assert f"d2lib.nbnorm {out}" in cmd, f"stage {name}: {out} is not normalized after papermill"
+            assert f"d2lib.tools.nbnorm {out}" in cmd, f"stage {name}: {out} is not normalized after papermill"
 
 
 def _make_copy(tmp: Path) -> Path:

@@ -1,9 +1,9 @@
-"""d2lib.spans: IoU, soft targets and D²VLM span decoding (hand-computed cases)."""
+"""d2lib.core.spans: IoU, soft targets and D²VLM span decoding (hand-computed cases)."""
 import numpy as np
 import pytest
 import torch
 
-from d2lib import spans
+from d2lib.core import spans
 
 
 @pytest.mark.parametrize("a,b,expected", [

@@ -1,8 +1,8 @@
-"""d2lib.stats: bootstrap confidence intervals (lesson 06_evaluation; ablations use them too)."""
+"""d2lib.core.stats: bootstrap confidence intervals (lesson 06_evaluation; ablations use them too)."""
 import numpy as np
 import pytest
 
-from d2lib.stats import bootstrap_ci, mean_of_means_ci, paired_bootstrap_diff
+from d2lib.core.stats import bootstrap_ci, mean_of_means_ci, paired_bootstrap_diff
 
 
 def test_ci_contains_the_mean_and_is_ordered():

@@ -1,13 +1,14 @@
-"""d2lib.synth: world rules, byte-identical rendering per seed, E.T. Bench records, exports, CLI."""
+"""d2lib.world.synth: world rules, byte-identical rendering per seed, E.T. Bench records, exports, CLI."""
 import json
 import re
 
 import numpy as np
 import pytest
 
-from d2lib import config, synth, video
-from d2lib.config import ConfigError
-from d2lib.synth import WorldConfig
+from d2lib.core import config
+from d2lib.world import synth, video
+from d2lib.core.config import ConfigError
+from d2lib.world.synth import WorldConfig
 
 CFG = WorldConfig()
 SEEDS = range(60)

@@ -1,4 +1,4 @@
-"""d2lib.timerep (lesson 08_peers): the peers' time representations as Variant switches — NumPro digits are
+"""d2lib.peers.timerep (lesson 08_peers): the peers' time representations as Variant switches — NumPro digits are
 readable at the Shapes frame size, text time formats read back to seconds, TimeMarker's separators and
 TimeChat's embedding change only what they name, and every time row trains and generates end to end."""
 import re
@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from d2lib import config, timerep, tokens
-from d2lib.config import ConfigError
-from d2lib.model import Variant
-from d2lib.sft import prepare_vocabulary
+from d2lib.core import config
+from d2lib.peers import timerep
+from d2lib.vlm import tokens
+from d2lib.core.config import ConfigError
+from d2lib.vlm.model import Variant
+from d2lib.stages.sft import prepare_vocabulary
 from test_model import EXTRA, T_FRAMES, batch_for, build, make_samples
 
 TIME_ROWS = ["numpro", "timemarker", "timechat", "vtimellm", "vtgllm"]
@@ -195,7 +197,7 @@ def _force_ids(m, prompt_len, target):
 
 @pytest.mark.parametrize("row", TIME_ROWS)
 def test_time_row_trains_and_generates_in_seconds(samples, rows, row, tmp_path):
-    from d2lib.model import D2VLM
+    from d2lib.vlm.model import D2VLM
 
     recs, vids = samples
     tok = fresh_tok(recs)

@@ -1,4 +1,4 @@
-"""d2lib.tokenbudget (lesson 08_peers): DiffFP drops exactly the static frames and keeps the seconds, MovieChat
+"""d2lib.peers.tokenbudget (lesson 08_peers): DiffFP drops exactly the static frames and keeps the seconds, MovieChat
 reaches its budget, STC pools by its stride; each row changes only the frame tokens the LM reads (the
 response, the heads and the targets stay per second), trains, generates with the KV cache, and runs
 through sft.run and an ablation cell."""
@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib import config, tokenbudget, tokens
-from d2lib.model import Variant
+from d2lib.core import config
+from d2lib.peers import tokenbudget
+from d2lib.vlm import tokens
+from d2lib.vlm.model import Variant
 from test_model import EXTRA, T_FRAMES, _force_evi, build, make_samples
 
 BUDGET_ROWS = ["diff_fp", "moviechat", "stc"]
@@ -206,7 +208,7 @@ def project(tmp_path_factory):
 
 @pytest.mark.parametrize("row", ["numpro", "timemarker", "timechat", "vtimellm", "vtgllm", *BUDGET_ROWS])
 def test_rows_run_through_sft_and_an_ablation_cell(project, monkeypatch, row):
-    from d2lib import ablation, evaluate
+    from d2lib.study import ablation, evaluate
 
     monkeypatch.setenv("D2LIB_ROOT", str(project))
     variants = config.load_section("variants")

@@ -1,12 +1,12 @@
-"""d2lib.tokens: word-level tokenizer, special tokens, response layouts per variant (CONTRACTS.md),
+"""d2lib.vlm.tokens: word-level tokenizer, special tokens, response layouts per variant (CONTRACTS.md),
 example encoding/collation and rendering."""
 
 import pytest
 import torch
 
-from d2lib import tokens
-from d2lib.model import VariantsConfig
-from d2lib.tokens import EVI, IGNORE_INDEX
+from d2lib.vlm import tokens
+from d2lib.vlm.model import VariantsConfig
+from d2lib.vlm.tokens import EVI, IGNORE_INDEX
 
 TVG = {"idx": 0, "task": "tvg", "tgt": [3, 7], "g": ["the red circle grows"], "q": "When does the red circle grow?"}
 DVC = {"idx": 1, "task": "dvc", "tgt": [[1, 4], [6, 9]], "g": ["cap1", "cap2."], "q": "Describe the video."}

@@ -1,4 +1,4 @@
-"""d2lib.train / d2lib.lora: config checks, LoRA on a tiny Phi-3, exact resume, determinism,
+"""d2lib.training.train / d2lib.vlm.lora: config checks, LoRA on a tiny Phi-3, exact resume, determinism,
 loss curves, atomic checkpoints, and a 2-process run that matches a 1-process run."""
 import json
 import os
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from d2lib import config, train
-from d2lib.config import ConfigError
-from d2lib.lora import (LoraSettings, apply_lora, mark_trainable, prepare_for_lora, tiny_phi3, trainable_summary,
+from d2lib.core import config
+from d2lib.training import train
+from d2lib.core.config import ConfigError
+from d2lib.vlm.lora import (LoraSettings, apply_lora, mark_trainable, prepare_for_lora, tiny_phi3, trainable_summary,
                         validate_lora_targets)
-from d2lib.train import SFTConfig, ToyModel, fit, toy_config, toy_data, weights_digest
+from d2lib.training.train import SFTConfig, ToyModel, fit, toy_config, toy_data, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,7 +302,7 @@ def test_checkpoints_are_atomic(tmp_path, monkeypatch):
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     ref = train.selftest(tmp_path / "ref", steps=8)
-    cmd = [sys.executable, "-m", "d2lib.train", "--selftest", str(tmp_path / "run"), "--steps", "8"]
+    cmd = [sys.executable, "-m", "d2lib.training.train", "--selftest", str(tmp_path / "run"), "--steps", "8"]
     killed = subprocess.run(cmd + ["--die-at", "5"], env=_env(), cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "run" / "final").exists()
@@ -328,7 +329,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     cmd = launcher + [
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "d2lib.train", "--selftest", str(tmp_path / "two"), "--steps", "8", "--batch-size", "2"]
+        "-m", "d2lib.training.train", "--selftest", str(tmp_path / "two"), "--steps", "8", "--batch-size", "2"]
     run = subprocess.run(cmd, env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -1,4 +1,4 @@
-"""d2lib.univtg (the UniVTG-style specialist of lesson 08_peers) and d2lib.peers: targets and decoding round-trip,
+"""d2lib.peers.univtg (the UniVTG-style specialist of lesson 08_peers) and d2lib.study.peers: targets and decoding round-trip,
 the losses, a toy the specialist must learn, config validation, the peers aggregate on fixture cells, and one
 real (tiny) specialist cell end to end."""
 import dataclasses
@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from ablation_fixture import fake_cells, fake_records, mini_project
-from d2lib import ablation, config, headline, peers, timing, univtg
-from d2lib.config import ConfigError
+from d2lib.study import ablation, peers
+from d2lib.core import config, headline, timing
+from d2lib.peers import univtg
+from d2lib.core.config import ConfigError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
@@ -96,7 +98,7 @@ def test_specialist_learns_which_event_the_query_names():
     answered = univtg.predict(model, test_recs, test_feats, tok, cfg)
     scores = univtg.tvg_scores(answered)
     # a model that ignores the query finds the named event in at most half of the queries (two per video)
-    from d2lib.parsing import parse_spans
+    from d2lib.core.parsing import parse_spans
 
     centre = [np.mean(parse_spans(r["a"])[0]) for r in answered]
     found = np.mean([r["tgt"][0] - 0.5 <= c <= r["tgt"][1] + 0.5 for r, c in zip(test_recs, centre)])

@@ -1,11 +1,11 @@
-"""d2lib.video: frame t of a 1-fps decode is second t; resize/crop; clear errors naming the file."""
+"""d2lib.world.video: frame t of a 1-fps decode is second t; resize/crop; clear errors naming the file."""
 import subprocess
 
 import numpy as np
 import pytest
 
-from d2lib import synth, video
-from d2lib.video import VideoError
+from d2lib.world import synth, video
+from d2lib.world.video import VideoError
 
 FPS = 4
 

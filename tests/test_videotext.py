@@ -1,9 +1,10 @@
-"""d2lib.videotext: MIL scores, InfoNCE, the align objective and its collator."""
+"""d2lib.training.videotext: MIL scores, InfoNCE, the align objective and its collator."""
 import pytest
 import torch
 
-from d2lib import align, data, videotext
-from d2lib.model import D2VLM, ModelConfig
+from d2lib.stages import align
+from d2lib.training import data, videotext
+from d2lib.vlm.model import D2VLM, ModelConfig
 
 from shapes_fixture import tiny_split
 

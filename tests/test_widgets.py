@@ -1,4 +1,4 @@
-"""d2lib.widgets, headless: set the explorer's widget values and check that its table and figures change,
+"""d2lib.study.widgets, headless: set the explorer's widget values and check that its table and figures change,
 that it fits JupyterLab's output area, that a variant keeps its colour whatever is selected, that its
 intervals stay inside the metric's range and that the whole query text is shown. The explorer reads cell
 files only (fake cells here) and a frame mapping — no training. One check runs the explorer in JupyterLab
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from ablation_fixture import fake_cells, fake_records
-from d2lib import ablation, plots, widgets
+from d2lib.study import ablation, plots, widgets
 
 ALL_ROWS = {"coupled": [0.1, 0.2, 0.3], "factorized": [0.6, 0.7, 0.8], "full": 0.9}
 LONG_QUERY = ("the small red circle that was hiding behind the big blue square slides slowly to the left "
@@ -189,11 +189,11 @@ def test_intervals_stay_within_0_1(all_rows, interval):
 
 
 def test_every_row_has_its_own_colour():
-    import d2lib.peers as peers
+    import d2lib.study.peers as peers
 
     rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE), *peers.LABELS]
     missing = [r for r in dict.fromkeys(rows) if r not in plots.VARIANT_COLORS]
-    assert not missing, f"add a colour for {missing} to d2lib.plots.VARIANT_COLORS (and run tools/vega/templates.py)"
+    assert not missing, f"add a colour for {missing} to d2lib.study.plots.VARIANT_COLORS (and run tools/vega/templates.py)"
     colours = list(plots.VARIANT_COLORS.values())
     assert len(set(colours)) == len(colours) and plots.GT_COLOR not in colours
     assert plots.variant_color(peers.label("univtg")) == plots.VARIANT_COLORS["univtg"]
@@ -221,7 +221,7 @@ sys.path.insert(0, {tests!r})
 import numpy as np
 from pathlib import Path
 from ablation_fixture import fake_cells, fake_records
-from d2lib import ablation, widgets
+from d2lib.study import ablation, widgets
 records, metas = fake_records(n_videos=3)
 rows = [*ablation.SFT_ROWS, *(ablation.preference_row(m) for m in ablation.PREFERENCE)]
 fake_cells(Path("cells"), {{r: [0.0, 0.1, 0.35] for r in rows}}, records=records)

@@ -7,7 +7,7 @@ python; ``tests/test_plots_offline.py`` checks that the committed files are what
   ``.dvc/plots/`` before its built-ins, so every plot of dvc.yaml uses these.
 * ``ablation_bars``: the ablation's per-seed numbers (``artifacts/plots/ablation_cells.csv``) as one bar
   per variant (mean over seeds) with a dot per seed, one panel per headline metric, each variant in its
-  colour from :data:`d2lib.plots.VARIANT_COLORS` — the colours of the lessons, the explorer and the book.
+  colour from :data:`d2lib.study.plots.VARIANT_COLORS` — the colours of the lessons, the explorer and the book.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def builtin_templates() -> dict[str, dict]:
 
 def ablation_bars() -> dict:
     sys.path.insert(0, str(ROOT))
-    from d2lib import ablation, plots
+    from d2lib.study import ablation, plots
 
     rows = [*ablation.SFT_ROWS]
     base = rows.index(ablation.BASE_OF_PREFERENCE) + 1

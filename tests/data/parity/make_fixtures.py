@@ -3,7 +3,7 @@
     .venv/bin/python tests/data/parity/make_fixtures.py
 
 Takes records of the Shapes val split (``data/shapes/val/annotations.json``) and writes answers with
-controlled noise, then the files the public evaluators read (written with :mod:`d2lib.formats`):
+controlled noise, then the files the public evaluators read (written with :mod:`d2lib.evaluation.formats`):
 
 * ``etbench_submission.json`` — E.T. Bench submission (records with ``a``). Source ``shapes`` holds the
   parity cases (exact, shifted, reversed, decimal, "to"/keyword/hyphen parse paths, wrong letters,
@@ -221,7 +221,7 @@ def build(records: list[dict]) -> list[dict]:
 
 def check(out: list[dict]) -> None:
     """Main-source answers must not produce exact IoU ties at 0.7 (E.T. Bench's float32 IoU misses them)."""
-    from d2lib.parsing import parse_spans
+    from d2lib.core.parsing import parse_spans
 
     for r in out:
         if r["source"] != "shapes" or r["task"] not in ("tvg", "tal", "gvq"):
@@ -238,7 +238,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from d2lib import formats
+    from d2lib.evaluation import formats
 
     records = json.loads((ROOT / "data/shapes/val/annotations.json").read_text())
     sub = build(records)

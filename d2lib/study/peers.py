@@ -1,0 +1,608 @@
+"""Peer methods next to D²VLM (lesson ``08_peers``): LLM rows with other time/token mechanisms, and a
+non-LLM specialist, on the same data, budget and test videos.
+
+Two kinds of rows, both listed in params ``peers`` (adding a row needs no code):
+
+* ``peers.rows`` — video-LLM rows: names in ``variants`` (or ``variants.extra``), e.g. ``full`` (the D²VLM
+  row every peer is compared with, ``peers.baseline``), ``text_timestamps`` (times as text tokens) and the
+  rows of the time-representation / token-budget mechanisms. Each (row, seed) is one cell trained and scored
+  by the ablation's machinery (:func:`d2lib.study.ablation.run_sft_cell`: :func:`d2lib.stages.sft.run` with
+  ``peers.sft_steps`` steps, then :func:`d2lib.study.ablation.evaluate_cell` on the first ``peers.eval_max_videos``
+  test videos) — the DVC ``matrix`` stage ``peers``;
+* ``peers.from_ablation`` — LLM rows the ablation (lesson 07) already trains with the same schedule (by
+  default ``full``, the baseline, and ``text_timestamps``): their cells are read from
+  ``artifacts/ablation/<row>/<seed>`` instead of being trained twice, scored on the peers' tasks only. The
+  aggregate checks that the recorded schedule is the peers budget (steps, val queries, test videos, tasks)
+  and stops with the params keys to change when it is not;
+* ``peers.specialists`` — non-LLM rows: ``univtg``, the UniVTG-style grounding specialist
+  (:mod:`d2lib.peers.univtg`), trained on the same train tvg records and scored on the same test tvg records with
+  the same code (:func:`d2lib.stages.evaluate.evaluate_system`) — the ``matrix`` stage ``peers_univtg``. It answers
+  tvg only: its dvc F1 is *not applicable* (``None``), never a number.
+
+One process per cell: ``python -m d2lib.study.peers cell --row R --seed S`` → ``artifacts/peers/<row>/<seed>/``
+(``metrics.json``, ``records.csv``; the layout of the ablation's cells plus ``metrics.inference``: queries,
+frame tokens per prompt, frames per video); its wall times go to the timing log ``peers/<row>/<seed>``
+(:mod:`d2lib.core.timing`). ``python -m d2lib.study.peers aggregate`` (stage ``peers_aggregate``) writes
+``artifacts/results/peers.json`` (headline numbers: ``artifacts/metrics/peers.json``) and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
+mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, the costs the code and
+data decide (frame tokens per video, training steps, trainable parameters) and the seeds used; a paired
+comparison of every row with ``peers.baseline`` and a statement computed from them. Wall times (training,
+inference per query) are this machine's, not the row's: ``python -m d2lib.tools.bench`` reports them from the
+timing logs.
+
+Seeds: ``peers.seeds`` (default one seed, ``[0]``; the full study is ``dvc exp run -S 'peers.seeds=[0,1,2]'``;
+a ``from_ablation`` row needs each of them in ``ablation.seeds``).
+DVC reads ``peers.rows``/``specialists``/``seeds`` when it parses dvc.yaml, before any profile applies — a
+profile cannot change them (the pipeline smoke test edits them in its copy of params.yaml).
+
+>>> PeersConfig().all_rows()
+['full', 'text_timestamps', 'univtg']
+>>> PeersConfig(rows=("numpro",), from_ablation=("full",)).all_rows()
+['full', 'numpro', 'univtg']
+>>> label("univtg")
+'UniVTG-style specialist'
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from d2lib.study import ablation
+from d2lib.core import paths, timing
+from d2lib.core.config import check
+from d2lib.peers.univtg import ROW as UNIVTG, UniVTGConfig
+
+_PROCESS_START = time.time()
+SPECIALISTS = (UNIVTG,)
+
+LABELS = {
+    **ablation.LABELS, "full": "D²VLM (full)", UNIVTG: "UniVTG-style specialist",
+    "text_timestamps": "text timestamps (TimeChat-style)", "numpro": "NumPro (frame numbers drawn)",
+    "timemarker": "TimeMarker (time separators)", "timechat": "TimeChat (timestamp embedding)",
+    "vtimellm": "VTimeLLM (relative frame indices)", "vtgllm": "VTG-LLM (time tokens)",
+    "diff_fp": "DiffFP (frame selection)", "moviechat": "MovieChat (merged tokens)", "stc": "STC pooling",
+}
+# The columns of the table: metric key (d2lib.study.ablation.ALL_METRICS) → column name.
+TABLE_METRICS = {"charades.R1@0.3": "R@1@0.3", "charades.R1@0.5": "R@1@0.5", "charades.R1@0.7": "R@1@0.7",
+                 "charades.mIoU": "mIoU", "tvg.F1": "tvg F1", "F1(cap)": "dvc F1"}
+COMPARE_METRICS = ("charades.R1@0.5", "charades.mIoU")
+
+
+def label(row: str) -> str:
+    """The name a row is shown under (its params name when it has no label)."""
+    return LABELS.get(row, row)
+
+
+# ------------------------------------------------------------------------------------------------
+# params
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeersConfig:
+    """params section ``peers`` (stages ``peers``, ``peers_univtg``, ``peers_aggregate``, ``peers_lesson``;
+    lesson ``08_peers``).
+
+    ``rows``: video-LLM rows (names in ``variants`` / ``variants.extra``), one cell per (row, seed) of stage
+    ``peers``; ``from_ablation``: LLM rows whose cells the ablation trains (read from ``artifacts/ablation``,
+    not trained again); ``specialists``: non-LLM rows (``univtg``), stage ``peers_univtg``; ``seeds``; ``baseline``: the
+    row every other row is compared with (``full``). The **peers budget**, the same for every LLM row:
+    ``sft_steps`` (replaces ``sft.steps``; every other ``sft`` knob as is), ``val_queries``, ``eval_max_videos``
+    (first N test videos by name, 0 = all; the specialist is scored on the same videos), ``eval_tasks``
+    (``tvg`` and ``dvc``: the table's accuracy columns), ``eval_batch_size``, ``max_new_tokens``,
+    ``caption_metrics`` (SentSim; not in the table). ``n_boot``/``ci_level``: intervals; ``keep_models``: keep
+    the LLM cells' ``final/``; ``num_threads``: torch threads per cell (0 leaves torch's setting).
+    ``univtg``: :class:`d2lib.peers.univtg.UniVTGConfig`.
+    """
+
+    rows: tuple[str, ...] = ("full", "text_timestamps")
+    from_ablation: tuple[str, ...] = ()
+    specialists: tuple[Literal["univtg"], ...] = SPECIALISTS
+    seeds: tuple[int, ...] = (0,)
+    baseline: str = "full"
+    sft_steps: int = 60
+    val_queries: int = 32
+    eval_max_videos: int = 24
+    eval_tasks: tuple[Literal["tvg", "tal", "dvc", "rar", "gvq"], ...] = ("tvg", "dvc")
+    eval_batch_size: int = 32
+    max_new_tokens: int = 96
+    caption_metrics: bool = False
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    keep_models: bool = False
+    num_threads: int = 0
+    univtg: UniVTGConfig = field(default_factory=UniVTGConfig)
+
+    def __post_init__(self):
+        check(len(set(self.rows)) == len(self.rows), "peers.rows", "names must be unique")
+        check(all("+" not in r for r in self.rows), "peers.rows", "use the params names (no '+')")
+        check(not set(self.rows) & set(SPECIALISTS), "peers.rows",
+              f"{sorted(set(self.rows) & set(SPECIALISTS))} is a specialist: list it in peers.specialists")
+        check(len(set(self.specialists)) == len(self.specialists), "peers.specialists", "names must be unique")
+        check(len(set(self.from_ablation)) == len(self.from_ablation), "peers.from_ablation", "names must be unique")
+        check(not set(self.from_ablation) & set(self.rows), "peers.from_ablation",
+              f"{sorted(set(self.from_ablation) & set(self.rows))} also in peers.rows: list a row in one of them")
+        check(not set(self.from_ablation) & set(SPECIALISTS), "peers.from_ablation",
+              "the ablation trains no specialist: list it in peers.specialists")
+        llm = (*self.from_ablation, *self.rows)
+        check(len(llm) + len(self.specialists) > 0, "peers.rows", "give one or more rows")
+        check(not llm or self.baseline in llm, "peers.baseline",
+              f"{self.baseline!r} must be one of peers.rows / peers.from_ablation {list(llm)}")
+        check(len(self.seeds) > 0 and all(s >= 0 for s in self.seeds), "peers.seeds",
+              f"give one or more seeds >= 0, got {list(self.seeds)}")
+        check(len(set(self.seeds)) == len(self.seeds), "peers.seeds", "seeds must be unique")
+        check(self.sft_steps >= 1, "peers.sft_steps", f"must be >= 1, got {self.sft_steps}")
+        check(self.val_queries >= 0, "peers.val_queries", f"must be >= 0, got {self.val_queries}")
+        check(self.eval_max_videos >= 0, "peers.eval_max_videos", f"must be >= 0, got {self.eval_max_videos}")
+        check("tvg" in self.eval_tasks, "peers.eval_tasks", "must include tvg (the specialist's task)")
+        check(self.eval_batch_size >= 1, "peers.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        check(self.max_new_tokens >= 1, "peers.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        check(self.n_boot >= 1, "peers.n_boot", f"must be >= 1, got {self.n_boot}")
+        check(0.0 < self.ci_level < 1.0, "peers.ci_level", f"must be in (0, 1), got {self.ci_level}")
+        check(self.num_threads >= 0, "peers.num_threads", f"must be >= 0, got {self.num_threads}")
+
+    def all_rows(self) -> list[str]:
+        """Table order: the rows read from the ablation, the LLM rows trained here, the specialists."""
+        return [*self.from_ablation, *self.rows, *self.specialists]
+
+    def cells(self) -> list[tuple[str, int]]:
+        """The cells this study trains (stages ``peers`` and ``peers_univtg``)."""
+        return [(r, s) for r in (*self.rows, *self.specialists) for s in self.seeds]
+
+    def table_cells(self) -> list[tuple[str, int]]:
+        """Every cell of the table: :meth:`cells` and the ``from_ablation`` rows' ablation cells."""
+        return [(r, s) for r in self.all_rows() for s in self.seeds]
+
+    def ablation_config(self) -> ablation.AblationConfig:
+        """The :class:`d2lib.study.ablation.AblationConfig` the LLM cells run with (the peers budget, no
+        preference rows)."""
+        return ablation.AblationConfig(
+            variants=self.rows or (self.baseline,), preference=(), seeds=self.seeds, sft_steps=self.sft_steps,
+            val_queries=self.val_queries, eval_max_videos=self.eval_max_videos, eval_tasks=self.eval_tasks,
+            eval_batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens,
+            caption_metrics=self.caption_metrics, n_boot=self.n_boot, ci_level=self.ci_level,
+            keep_models=self.keep_models, num_threads=self.num_threads)
+
+    def schedule(self) -> dict:
+        return {"sft_steps": self.sft_steps, "eval_max_videos": self.eval_max_videos,
+                "eval_tasks": list(self.eval_tasks), "univtg_steps": self.univtg.steps,
+                "univtg_frame_input": self.univtg.frame_input}
+
+
+def load_config(profile: str | None = None) -> PeersConfig:
+    from d2lib.core import config
+
+    return config.load_section("peers", profile=profile)
+
+
+def root_dir(root: str | Path | None = None) -> Path:
+    """``artifacts/peers`` (or ``root``)."""
+    return Path(root) if root is not None else paths.artifacts("peers", mkdir=False)
+
+
+def cell_dir(row: str, seed: int, root: str | Path | None = None) -> Path:
+    return root_dir(root) / row / str(int(seed))
+
+
+def source_dir(pcfg: PeersConfig, row: str, seed: int, root: str | Path | None = None,
+               ablation_root: str | Path | None = None) -> Path:
+    """Where a table cell lives: ``artifacts/ablation/<row>/<seed>`` for a ``from_ablation`` row, else
+    :func:`cell_dir`."""
+    if row in pcfg.from_ablation:
+        return ablation.cell_dir(row, seed, ablation_root)
+    return cell_dir(row, seed, root)
+
+
+# The schedule keys a reused ablation cell must share with the peers budget (what the table's numbers
+# depend on): training steps, val queries (the checkpoint the cell keeps), test videos, answer length.
+SHARED_SCHEDULE = ("sft_steps", "val_queries", "eval_max_videos", "max_new_tokens")
+
+
+def check_reused(pcfg: PeersConfig, row: str, seed: int, payload: Mapping, path: Path) -> None:
+    """Stop with the params keys to change when an ablation cell read for ``row`` was not trained and
+    scored with the peers budget."""
+    from d2lib.core.config import ConfigError
+
+    sched = payload.get("schedule") or {}
+    bad = [f"{k}: ablation {sched.get(k)!r} vs peers {getattr(pcfg, k)!r}" for k in SHARED_SCHEDULE
+           if sched.get(k) != getattr(pcfg, k)]
+    missing = [t for t in pcfg.eval_tasks if t not in (sched.get("eval_tasks") or ())]
+    if missing:
+        bad.append(f"eval_tasks: the ablation cell did not score {missing}")
+    if bad:
+        raise ConfigError(f"params key 'peers.from_ablation': {path} (row {row!r}, seed {seed}) was not run "
+                          f"with the peers budget — {'; '.join(bad)}. Give ablation.* and peers.* the same "
+                          f"values, or move {row!r} to peers.rows to train it with the peers budget")
+
+
+# ------------------------------------------------------------------------------------------------
+# cells
+# ------------------------------------------------------------------------------------------------
+def run_llm_cell(row: str, seed: int, pcfg: PeersConfig, sft_cfg, variants, out_dir: str | Path | None = None,
+                 align_dir: str | Path | None = None, test=None, train_fn=None) -> dict:
+    """One video-LLM cell: :func:`d2lib.study.ablation.run_sft_cell` with the peers budget into
+    ``artifacts/peers/<row>/<seed>``; the payload records ``kind: "llm"`` and the peers schedule."""
+    from d2lib.core.config import ConfigError
+
+    try:
+        variants.get(row)
+    except KeyError as e:
+        raise ConfigError(f"params key 'peers.rows': {e.args[0]} — add the row to `variants` "
+                          f"(or variants.extra)") from None
+    acfg = pcfg.ablation_config()
+    out_dir = Path(out_dir) if out_dir is not None else cell_dir(row, seed)
+    return ablation.run_sft_cell(row, seed, acfg, sft_cfg, variants, out_dir=out_dir, align_dir=align_dir,
+                                 test=test, train_fn=train_fn, timing_name=f"peers/{row}/{seed}")
+
+
+def load_test(pcfg: PeersConfig, tasks: Sequence[str] = ("tvg",)):
+    """``(records, frames, metas)`` of the test records of ``tasks`` on the first ``eval_max_videos`` videos
+    (the LLM cells' videos)."""
+    from d2lib.training import data
+    from d2lib.world import datasets
+    from d2lib.stages import evaluate
+
+    split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+    records = evaluate.select_records(split.records, tasks, pcfg.eval_max_videos)
+    return records, data.load_frames("test", {r["video"] for r in records}), split.metas
+
+
+def specialist_eval_config(pcfg: PeersConfig):
+    """The :class:`d2lib.stages.evaluate.EvaluateConfig` of the specialist (test split, tvg only)."""
+    from d2lib.stages.evaluate import EvaluateConfig
+
+    return EvaluateConfig(split="test", models=(), baselines=(), tasks=("tvg",), max_videos=pcfg.eval_max_videos,
+                          caption_metrics=False, meteor=False, seed=0, n_boot=pcfg.n_boot, ci_level=pcfg.ci_level)
+
+
+def run_univtg_cell(seed: int, pcfg: PeersConfig, out_dir: str | Path | None = None,
+                    align_dir: str | Path | None = None, test=None) -> dict:
+    """The specialist's cell: :func:`d2lib.peers.univtg.run` (train tvg), then the test tvg records — the frozen
+    align tower encodes the test frames (timed as inference with the specialist's forward pass) — scored by
+    :func:`d2lib.stages.evaluate.evaluate_system`. Keeps ``univtg.pt`` (small) for the lesson's pictures; the wall
+    times go to the timing log ``peers/univtg/<seed>``."""
+    from d2lib.stages import evaluate
+    from d2lib.peers import univtg
+
+    out_dir = Path(out_dir) if out_dir is not None else cell_dir(UNIVTG, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = pcfg.univtg
+    t0 = time.perf_counter()
+    res = univtg.run(cfg, seed=seed, align_dir=align_dir)
+    t_train = time.perf_counter() - t0
+    records, frames, metas = test if test is not None else load_test(pcfg)
+    t0 = time.perf_counter()
+    feats = univtg.encode_videos(res.align_model, {v: frames[v] for v in {r["video"] for r in records}},
+                                 cfg.frame_input)
+    answered = univtg.predict(res.model, records, feats, res.tokenizer, cfg)
+    t_infer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    system = evaluate.evaluate_system(UNIVTG, "specialist", answered, None, metas, specialist_eval_config(pcfg),
+                                      out_dir / "evaluate", t_infer)
+    m = dict(system.metrics)
+    m["inference"] = ablation.inference_summary(answered, frames, [len(feats[r["video"]]) for r in answered])
+    m["inference"]["frame_tokens_note"] = "frame features per video (no LLM)"
+    univtg.save(res.model, out_dir)
+    _write_csv(res.log, out_dir / "loss.csv")
+    timing.log(f"peers/{UNIVTG}/{seed}", seconds=time.time() - _PROCESS_START, train_s=t_train,
+               evaluate_s=t_infer + time.perf_counter() - t0, infer_s=t_infer,
+               infer_s_per_query=t_infer / max(len(answered), 1),
+               **{f"univtg_{k}_s": v for k, v in res.seconds.items()})
+    payload = {
+        "row": UNIVTG, "label": label(UNIVTG), "seed": int(seed), "kind": "specialist", "variant": None,
+        "switches": dataclasses.asdict(cfg), "schedule": pcfg.schedule(),
+        "values": {k: ablation.metric_value(m, k) for k in ablation.ALL_METRICS},
+        "metrics": m, "n_records": len(answered), "n_videos": len({r["video"] for r in answered}),
+        "train": res.metrics,
+    }
+    payload["values"]["F1(cap)"] = None  # not applicable: the specialist answers tvg only
+    ablation.write_cell(out_dir, payload, [{**r, "seed": int(seed)} for r in system.rows])
+    return payload
+
+
+def _write_csv(rows: Sequence[Mapping], path: Path) -> None:
+    import pandas as pd
+
+    ablation.write_csv_atomic(pd.DataFrame(list(rows)), path)
+
+
+def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
+    """The ``cell`` command: read params (profile applied), set threads, run the row's kind of cell."""
+    import torch
+
+    from d2lib.core import config
+
+    pcfg = load_config(profile)
+    threads = pcfg.univtg.num_threads if row in SPECIALISTS else pcfg.num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    if row in SPECIALISTS:
+        if row not in pcfg.specialists:
+            print(f"note: {row!r} is not in peers.specialists {list(pcfg.specialists)}", file=sys.stderr)
+        return run_univtg_cell(seed, pcfg)
+    if row not in pcfg.rows:
+        print(f"note: {row!r} is not in peers.rows {list(pcfg.rows)}", file=sys.stderr)
+    return run_llm_cell(row, seed, pcfg, config.load_section("sft", profile=profile),
+                        config.load_section("variants", profile=profile))
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregate
+# ------------------------------------------------------------------------------------------------
+def load_cells(pcfg: PeersConfig, root: str | Path | None = None, ablation_root: str | Path | None = None) -> dict:
+    """``{(row, seed): metrics.json payload}`` of every cell of the table (a missing one is an error that
+    names its command); a ``from_ablation`` row's payload is its ablation cell's (checked by
+    :func:`check_reused`), marked ``source: "ablation"``."""
+    out = {}
+    for row, seed in pcfg.table_cells():
+        reused = row in pcfg.from_ablation
+        p = source_dir(pcfg, row, seed, root, ablation_root) / "metrics.json"
+        if not p.is_file():
+            how = (f"ablation cell for peers.from_ablation row {row!r} (python -m d2lib.study.ablation cell --variant "
+                   f"{row} --seed {seed}; its seeds come from ablation.seeds)" if reused else
+                   f"peers cell (python -m d2lib.study.peers cell --row {row} --seed {seed})")
+            raise FileNotFoundError(f"{p}: missing {how}")
+        payload = json.loads(p.read_text())
+        if reused:
+            check_reused(pcfg, row, seed, payload, p)
+        payload["source"] = "ablation" if reused else "peers"
+        out[(row, seed)] = payload
+    return out
+
+
+def load_records(cells: Mapping, root: str | Path | None = None, pcfg: PeersConfig | None = None,
+                 ablation_root: str | Path | None = None):
+    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``); with ``pcfg``, the cells of its
+    ``from_ablation`` rows are read from the ablation and every cell keeps only ``pcfg.eval_tasks``."""
+    import pandas as pd
+
+    frames = []
+    for row, seed in cells:
+        folder = source_dir(pcfg, row, seed, root, ablation_root) if pcfg is not None else cell_dir(row, seed, root)
+        p = folder / "records.csv"
+        if p.is_file():
+            d = pd.read_csv(p)
+            if pcfg is not None:
+                d = d[d["task"].isin(list(pcfg.eval_tasks))]
+            d["row"], d["seed"] = row, int(seed)
+            frames.append(d)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _trainable(cell: Mapping):
+    """Trainable parameters of a cell's model: the LLM rows' ``train.trainable.trainable`` (LoRA, heads and
+    fully trained modules), the specialist's ``train.params`` (it trains every parameter)."""
+    tr = cell.get("train") or {}
+    t = tr.get("trainable")
+    return t.get("trainable") if isinstance(t, Mapping) else tr.get("params")
+
+
+def costs(cells: Mapping, row: str) -> dict:
+    """A row's costs as its code, params and data decide them, averaged over its seeds: frame tokens per video
+    (what the LLM reads per prompt; the specialist: frame features), frames per video, training steps and
+    trainable parameters; the seeds used. Wall times depend on the machine: ``python -m d2lib.tools.bench``
+    reports them from the cells' timing logs."""
+    cs = [c for (r, _), c in cells.items() if r == row]
+
+    def mean(get):
+        vals = [get(c) for c in cs]
+        vals = [float(v) for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    inf = lambda c, k: (c.get("metrics", {}).get("inference") or {}).get(k)  # noqa: E731
+    return {"kind": cs[0].get("kind") if cs else None,
+            "frame_tokens": mean(lambda c: inf(c, "frame_tokens")),
+            "frames_per_video": mean(lambda c: inf(c, "frames_per_video")),
+            "train_steps": mean(lambda c: (c.get("train") or {}).get("steps")),
+            "trainable_params": mean(_trainable),
+            "n_queries": mean(lambda c: inf(c, "n_queries")),
+            "source": cs[0].get("source", "peers") if cs else None,
+            "seeds": sorted(int(s) for (r, s) in cells if r == row)}
+
+
+def results_table(per_seed, records, cells: Mapping, rows: Sequence[str], level: float = 0.95,
+                  n_boot: int = 1000):
+    """The peers table (one line per row): for each of :data:`TABLE_METRICS` the mean over seeds and its
+    intervals (``<m>_low/_high``: t over seeds, ``<m>_boot_low/_boot_high``: bootstrap over test videos;
+    fractions), then :func:`costs`."""
+    import pandas as pd
+
+    long = ablation.summarize(per_seed, records, level, n_boot, rows=rows, metrics=list(TABLE_METRICS))
+    out = []
+    for row in rows:
+        d = long[long["row"] == row].set_index("metric")
+        line = {"row": row, "label": label(row)}
+        for m, col in TABLE_METRICS.items():
+            for suffix, k in (("", "mean"), ("_low", "low"), ("_high", "high"), ("_boot_low", "boot_low"),
+                              ("_boot_high", "boot_high")):
+                line[col + suffix] = float(d.loc[m, k]) if m in d.index else math.nan
+        c = costs(cells, row)
+        line.update({k: c[k] for k in ("kind", "source", "frame_tokens", "frames_per_video", "train_steps",
+                                       "trainable_params")})
+        line["seeds"] = " ".join(map(str, c["seeds"]))
+        line["n_seeds"] = len(c["seeds"])
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def display_table(table, digits: int = 1):
+    """The table as people read it: accuracy ×100 (``mean ± half-width`` of the t-interval when there are
+    2+ seeds), ``n/a`` where a row does not answer the task, costs, and the seeds used."""
+    import pandas as pd
+
+    out = {}
+    for d in table.to_dict("records"):
+        line = {}
+        for col in TABLE_METRICS.values():
+            mean, lo, hi = d[col], d[col + "_low"], d[col + "_high"]
+            if not np.isfinite(mean):
+                line[col] = "n/a"
+            elif np.isfinite(lo):
+                line[col] = f"{100 * mean:.{digits}f} ± {100 * (hi - lo) / 2:.{digits}f}"
+            else:
+                line[col] = f"{100 * mean:.{digits}f}"
+        line["frame tokens / video"] = _num(d["frame_tokens"], 1)
+        line["train steps"] = _num(d["train_steps"], 0)
+        line["trainable params"] = f"{d['trainable_params']:,.0f}" if _finite(d["trainable_params"]) else "—"
+        line["seeds"] = f"{d['n_seeds']} ({d['seeds']})"
+        line["cells"] = "ablation's" if d.get("source") == "ablation" else "peers'"
+        out[d["label"]] = line
+    return pd.DataFrame(out).T
+
+
+def _finite(v) -> bool:
+    """A number that is not None/NaN/inf (a cost a cell did not record is None)."""
+    return v is not None and bool(np.isfinite(float(v)))
+
+
+def _num(v, digits: int) -> str:
+    return f"{v:.{digits}f}" if _finite(v) else "—"
+
+
+def comparisons(per_seed, records, rows: Sequence[str], baseline: str, level: float = 0.95, n_boot: int = 1000):
+    """Every row against ``baseline`` on :data:`COMPARE_METRICS` (:func:`d2lib.study.ablation.compare`: per-seed
+    differences with a t-interval, and the paired video bootstrap); ``verdict``: ``higher``/``lower`` when
+    every available interval excludes 0, else ``not resolved``."""
+    import pandas as pd
+
+    out = []
+    for row in rows:
+        if row == baseline:
+            continue
+        for m in COMPARE_METRICS:
+            c = ablation.compare(per_seed, records, row, baseline, m, level, n_boot)
+            v = ablation.claim_verdict(c)
+            c["verdict"] = {"reproduces": "higher", "contradicted": "lower"}.get(v, "not resolved")
+            c["per_seed"] = json.dumps(c["per_seed"])
+            out.append(c)
+    return pd.DataFrame(out, columns=["better", "worse", "metric", "n_seeds", "diff", "low", "high", "boot_diff",
+                                      "boot_low", "boot_high", "per_seed", "verdict"])
+
+
+def statement(table, comps, baseline: str) -> str:
+    """Plain-language lines computed from the table and the comparisons (no typed numbers): per row its
+    R@1@0.5 / mIoU difference to ``baseline`` with the intervals and verdict, then its costs relative to it."""
+    t = table.set_index("row")
+    if baseline not in t.index:
+        return ""
+    b = t.loc[baseline]
+    names = {"charades.R1@0.5": "R@1@0.5", "charades.mIoU": "mIoU"}
+    lines = []
+    for row, g in comps.groupby("better", sort=False):
+        parts = []
+        for c in g.itertuples():
+            ci = f" [t over seeds {100 * c.low:+.1f}, {100 * c.high:+.1f}]" if np.isfinite(c.low) else ""
+            boot = f" [videos {100 * c.boot_low:+.1f}, {100 * c.boot_high:+.1f}]" if np.isfinite(c.boot_low) else ""
+            parts.append(f"{names[c.metric]} {100 * c.diff:+.1f}{ci}{boot} ({c.verdict})")
+        r = t.loc[row]
+        cost = []
+        if _finite(r["frame_tokens"]) and _finite(b["frame_tokens"]):
+            cost.append(f"{r['frame_tokens']:.1f} vs {b['frame_tokens']:.1f} frame tokens/video")
+        if _finite(r["trainable_params"]) and _finite(b["trainable_params"]):
+            cost.append(f"{r['trainable_params']:,.0f} vs {b['trainable_params']:,.0f} trainable parameters")
+        if _finite(r["train_steps"]) and _finite(b["train_steps"]) and r["train_steps"] != b["train_steps"]:
+            cost.append(f"{r['train_steps']:.0f} vs {b['train_steps']:.0f} training steps")
+        seeds = f"{int(r['n_seeds'])} seed(s)"
+        lines.append(f"- {label(row)} vs {label(baseline)}: " + "; ".join(parts) + (f"; {', '.join(cost)}" if cost else "")
+                     + f"; {seeds}.")
+    return "\n".join(lines)
+
+
+def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: str | Path | None = None,
+              plots_dir: str | Path | None = None, ablation_root: str | Path | None = None,
+              results_path: str | Path | None = None) -> dict:
+    """The ``aggregate`` command: read every cell (the ``from_ablation`` rows' from ``ablation_root``,
+    default ``artifacts/ablation``), write the full results (``results_path``, default the ``results/peers.json``
+    beside ``metrics_path``), the headline metrics (``metrics_path``, default ``artifacts/metrics/peers.json``;
+    :mod:`d2lib.core.headline`) and ``peers_table.csv``; returns
+    ``{"json", "table", "comparisons", "per_seed", "records"}``."""
+    from d2lib.core import headline
+
+    t0 = time.perf_counter()
+    cells = load_cells(pcfg, root, ablation_root)
+    per_seed = ablation.cells_frame(cells)
+    per_seed["label"] = [label(r) for r in per_seed["row"]]
+    records = load_records(cells, root, pcfg, ablation_root)
+    own = {k: c for k, c in cells.items() if c.get("source") != "ablation"}
+    rows = pcfg.all_rows()
+    table = results_table(per_seed, records, cells, rows, pcfg.ci_level, pcfg.n_boot)
+    comps = comparisons(per_seed, records, rows, pcfg.baseline, pcfg.ci_level, pcfg.n_boot)
+    plots_dir = Path(plots_dir) if plots_dir is not None else paths.artifacts("plots", mkdir=False)
+    metrics_path = Path(metrics_path) if metrics_path is not None else headline.metrics_path("peers")
+    ablation.write_csv_atomic(table, plots_dir / "peers_table.csv")
+    text = statement(table, comps, pcfg.baseline)
+    obj = {
+        "split": "test", "baseline": pcfg.baseline, "seeds": list(pcfg.seeds),
+        "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(own)}},
+        "from_ablation": {"rows": list(pcfg.from_ablation),
+                          "note": "cells trained by the ablation with the same schedule (checked), scored here on "
+                                  "peers.eval_tasks only"},
+        "interval": {"low/high": f"t-interval over seeds ({100 * pcfg.ci_level:.0f}%; none with one seed)",
+                     "boot_low/boot_high": f"bootstrap over test videos ({pcfg.n_boot} resamples)"},
+        "rows": {r["row"]: {"label": r["label"], "kind": r["kind"],
+                            "metrics": {m: {k: r[c + s] for k, s in (("mean", ""), ("low", "_low"), ("high", "_high"),
+                                                                     ("boot_low", "_boot_low"),
+                                                                     ("boot_high", "_boot_high"))}
+                                        for m, c in TABLE_METRICS.items()},
+                            "cost": costs(cells, r["row"])}
+                 for r in table.to_dict("records")},
+        "comparisons": {f"{c.better}/{c.metric}": {"diff": c.diff, "low": c.low, "high": c.high,
+                                                   "boot_low": c.boot_low, "boot_high": c.boot_high,
+                                                   "n_seeds": c.n_seeds, "verdict": c.verdict}
+                        for c in comps.itertuples()},
+        "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
+        "statement": text,
+    }
+    headline.write("peers", ablation._clean(obj), metrics_path, results_path)
+    timing.log("peers_aggregate", seconds=time.perf_counter() - t0)
+    return {"json": obj, "table": table, "comparisons": comps, "per_seed": per_seed, "records": records}
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m d2lib.study.peers", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cell", help="train and evaluate one (row, seed) cell into artifacts/peers/<row>/<seed>")
+    c.add_argument("--row", required=True, help="a peers.rows name (a variants row) or a specialist (univtg)")
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    a = sub.add_parser("aggregate", help="the peers table → artifacts/results/peers.json, metrics/peers.json, plots/peers_table.csv")
+    a.add_argument("--profile", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.cmd == "cell":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        p = run_cell(args.row, args.seed, args.profile)
+        v = p["values"]
+        show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("charades.R1@0.5", "charades.mIoU", "F1(cap)")}
+        print(f"{label(p['row'])} seed {p['seed']}: {show} -> {cell_dir(p['row'], p['seed'])}")
+    else:
+        res = aggregate(load_config(args.profile))
+        print(display_table(res["table"]).to_string())
+        if res["json"]["statement"]:
+            print("\n" + res["json"]["statement"])
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["SPECIALISTS", "LABELS", "TABLE_METRICS", "COMPARE_METRICS", "PeersConfig", "label", "load_config",
+           "root_dir", "cell_dir", "source_dir", "SHARED_SCHEDULE", "check_reused", "run_llm_cell", "load_test",
+           "specialist_eval_config", "run_univtg_cell",
+           "run_cell", "load_cells", "load_records", "costs", "results_table", "display_table", "comparisons",
+           "statement", "aggregate", "main"]
