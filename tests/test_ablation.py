@@ -1,5 +1,7 @@
-"""d2lib.study.ablation: the interval math on known per-seed values, the video bootstrap, the claims and their
-plain-language statement, the aggregate's files, and one real (tiny) matrix cell end to end."""
+"""d2lib.study.ablation (rows, params, one cell), d2lib.study.aggregate (reading cells, the table, the aggregate's
+files) and d2lib.study.claims (paired comparisons, verdicts, the plain-language statement): the per-record values
+of the fixture cells against their numbers, the frame-token counter, and one real (tiny) matrix cell end to end.
+The interval functions themselves are tested in tests/test_stats.py."""
 import dataclasses
 import json
 import math
@@ -8,54 +10,55 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from ablation_fixture import ABLATION_TINY, fake_cells, fake_records, mini_project
-from d2lib.study import ablation as A
+from ablation_fixture import ABLATION_TINY, fake_cells, mini_project
 from d2lib.core import config, headline, timing
+from d2lib.evaluation.record_metrics import RECORD_METRICS, record_values
+from d2lib.study import ablation as A
+from d2lib.study import aggregate as AG
+from d2lib.study import claims as C
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (tables)
+PER_RECORD = list(RECORD_METRICS)  # every metric that is a mean of per-record scores
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
-# ------------------------------------------------------------------------------ interval math
-def test_t_interval_of_known_per_seed_values():
-    ci = A.t_interval([0.30, 0.35, 0.40])
-    half = T_975[2] * 0.05 / math.sqrt(3)
-    assert ci.estimate == pytest.approx(0.35) and ci.n == 3
-    assert (ci.low, ci.high) == pytest.approx((0.35 - half, 0.35 + half))
-    ci5 = A.t_interval([1, 2, 3, 4, 5], level=0.95)
-    assert ci5.high - ci5.estimate == pytest.approx(T_975[4] * np.std([1, 2, 3, 4, 5], ddof=1) / math.sqrt(5))
-    one = A.t_interval([0.4])  # one seed: no interval
-    assert one.estimate == 0.4 and math.isnan(one.low) and math.isnan(one.high)
-    assert A.t_interval([0.2, None, float("nan"), 0.2]).n == 2  # missing values are dropped
-    same = A.t_interval([0.5, 0.5, 0.5])
-    assert same.low == same.high == 0.5
+# ------------------------------------------------------------------------------ per-record values
+def test_record_values_match_each_cells_numbers(tmp_path):
+    cells = fake_cells(tmp_path, {"full": 0.6, "coupled": 0.3}, seeds=(0, 1))
+    rec = AG.load_records(cells, tmp_path)
+    assert set(rec["row"]) == {"full", "coupled"} and set(rec["seed"]) == {0, 1}
+    for (row, seed), c in cells.items():
+        d, v = rec[(rec.row == row) & (rec.seed == seed)], c["values"]
+        for metric in PER_RECORD:
+            est = record_values(d, metric).groupby("task", sort=False)["value"].mean().mean()
+            assert est == pytest.approx(v[metric], abs=1e-12), (row, seed, metric)
+        r = [v[f"charades.R1@{t}"] for t in (0.3, 0.5, 0.7)]
+        assert r[0] >= r[1] >= r[2] and v["tvg.F1_evi"] >= v["tvg.F1"], (row, seed)
+    # fractional IoUs: each threshold, the mean IoU and the evidence stage give different numbers, so a metric
+    # read at the wrong threshold or from the wrong column fails the comparison above
+    pairs = [("charades.R1@0.3", "charades.R1@0.5"), ("charades.R1@0.5", "charades.R1@0.7"),
+             ("charades.R1@0.7", "charades.mIoU"), ("charades.R1@0.5", "charades.mIoU"),
+             ("charades.R1@0.3", "charades.mIoU"), ("tvg.F1", "tvg.F1_evi"), ("gvq.Acc", "gvq.mRec")]
+    for a, b in pairs:
+        assert any(c["values"][a] != c["values"][b] for c in cells.values()), (a, b)
+    assert record_values(rec, "F1(cap)") is None  # not a mean of per-record scores
 
 
-def test_video_bootstrap_resamples_videos_and_stratifies_tasks():
-    # tvg: video a all 1, video b all 0 (3 records each); tal: every record 0.5
-    df = pd.DataFrame({"task": ["tvg"] * 6 + ["tal"] * 2, "video": list("aaabbb") + ["a", "b"],
-                       "value": [1, 1, 1, 0, 0, 0, 0.5, 0.5]})
-    ci = A.video_bootstrap(df, n_boot=2000, seed=0)
-    assert ci.estimate == pytest.approx((0.5 + 0.5) / 2)  # mean of the task means, not of all records
-    # resampling *videos*: a tvg resample is 0, 0.5 or 1 (never e.g. 2/3) → quantiles at 0.25 / 0.75 overall
-    assert ci.low == pytest.approx(0.25) and ci.high == pytest.approx(0.75)
-    const = pd.DataFrame({"task": ["rar"] * 4, "video": list("abcd"), "value": [1.0] * 4})
-    c = A.video_bootstrap(const, n_boot=100)
-    assert c.estimate == c.low == c.high == 1.0
-
-
-def test_record_values_match_the_protocol_numbers(tmp_path):
-    cells = fake_cells(tmp_path, {"full": 0.6}, seeds=(0,))
-    rec = A.load_records(cells, tmp_path)
-    v = cells[("full", 0)]["values"]
-    for metric in ("F1(gnd)", "tvg.F1", "tal.F1", "rar.Acc", "gvq.mRec", "charades.mIoU"):
-        rv = A.record_values(rec, metric)
-        est = rv.groupby("task")["value"].mean().mean()
-        assert est == pytest.approx(v[metric]), metric
-    assert A.record_values(rec, "F1(cap)") is None  # not a mean of per-record scores
+def test_seed_averaged_records_and_the_table_agree(tmp_path):
+    cells = fake_cells(tmp_path, {"full": [0.2, 0.5, 0.8]})
+    per_seed, rec = AG.cells_frame(cells), AG.load_records(cells, tmp_path)
+    metrics = ["charades.R1@0.3", "charades.R1@0.5", "charades.R1@0.7", "charades.mIoU", "tvg.F1_evi"]
+    table = AG.summarize(per_seed, rec, n_boot=200, metrics=metrics).set_index("metric")
+    for m in metrics:
+        vals = [cells[("full", s)]["values"][m] for s in (0, 1, 2)]
+        assert table.loc[m, "mean"] == pytest.approx(np.mean(vals)) and table.loc[m, "n"] == 3
+        assert table.loc[m, "boot_low"] <= table.loc[m, "mean"] <= table.loc[m, "boot_high"]
+    assert len(set(table["mean"])) == len(metrics)  # five different numbers, five different intervals
+    assert len(set(zip(table["boot_low"], table["boot_high"]))) == len(metrics)
 
 
 # ------------------------------------------------------------------------------ claims
@@ -66,18 +69,18 @@ def _per_seed(values: dict, metric="F1(gnd)"):
 
 def test_compare_and_verdicts_from_per_seed_differences():
     ps = _per_seed({"factorized": [0.30, 0.32, 0.34], "coupled": [0.20, 0.21, 0.25]})
-    c = A.compare(ps, None, "factorized", "coupled", "F1(gnd)")
+    c = C.compare(ps, None, "factorized", "coupled", "F1(gnd)")
     diffs = [0.10, 0.11, 0.09]
     assert c["per_seed"] == pytest.approx(dict(enumerate(diffs)))
     half = T_975[2] * np.std(diffs, ddof=1) / math.sqrt(3)
     assert (c["diff"], c["low"], c["high"]) == pytest.approx((0.10, 0.10 - half, 0.10 + half))
-    assert A.claim_verdict(c) == "reproduces"
-    assert A.claim_verdict({**c, "diff": -0.1, "low": -0.2, "high": -0.01}) == "contradicted"
-    assert A.claim_verdict({**c, "diff": 0.02, "low": -0.05, "high": 0.09}) == "same direction, not resolved"
-    assert A.claim_verdict({**c, "diff": -0.02, "low": -0.05, "high": 0.01}) == "opposite direction, not resolved"
+    assert C.claim_verdict(c) == "reproduces"
+    assert C.claim_verdict({**c, "diff": -0.1, "low": -0.2, "high": -0.01}) == "contradicted"
+    assert C.claim_verdict({**c, "diff": 0.02, "low": -0.05, "high": 0.09}) == "same direction, not resolved"
+    assert C.claim_verdict({**c, "diff": -0.02, "low": -0.05, "high": 0.01}) == "opposite direction, not resolved"
     # a second interval (test-video bootstrap) that includes 0 keeps a claim unresolved
-    assert A.claim_verdict({**c, "boot_low": -0.01, "boot_high": 0.2}) == "same direction, not resolved"
-    assert A.claim_verdict({**c, "diff": float("nan")}) == "not computed"
+    assert C.claim_verdict({**c, "boot_low": -0.01, "boot_high": 0.2}) == "same direction, not resolved"
+    assert C.claim_verdict({**c, "diff": float("nan")}) == "not computed"
 
 
 def test_claims_statement_is_computed_from_the_numbers():
@@ -85,20 +88,20 @@ def test_claims_statement_is_computed_from_the_numbers():
                                "full": [0.3, 0.5, 0.1], "no_visual_injection": [0.31, 0.2, 0.3]}),
                     _per_seed({"factorized": [0.1, 0.1, 0.1], "coupled": [0.2, 0.21, 0.22],
                                "full": [0.1, 0.1, 0.1], "no_visual_injection": [0.1, 0.1, 0.1]}, "F1(cap)")])
-    claims = A.evaluate_claims(ps)
+    claims = C.evaluate_claims(ps)
     assert set(claims["claim"]) == {"factorize", "injection"}  # only claims whose rows were run
     got = claims.set_index(["claim", "metric"])["verdict"].to_dict()
     assert got[("factorize", "F1(gnd)")] == "reproduces"
     assert got[("factorize", "F1(cap)")] == "contradicted"
     assert got[("injection", "F1(gnd)")] in ("same direction, not resolved", "opposite direction, not resolved")
     assert claims.set_index(["claim", "metric"]).loc[("factorize", "F1(gnd)"), "paper_diff"] == pytest.approx(28.9 - 21.2)
-    text = A.claims_statement(claims)
+    text = C.claims_statement(claims)
     assert "Reproduces on Shapes: factorizing" in text and "[grounding F1]" in text
     assert "Does not reproduce (contradicted): factorizing" in text and "[caption F1]" in text
     # flip the numbers → the statement flips
     flipped = ps.copy()
     flipped.loc[(flipped.row == "coupled") & (flipped.metric == "F1(gnd)"), "value"] = [0.5, 0.5, 0.52]
-    t2 = A.claims_statement(A.evaluate_claims(flipped))
+    t2 = C.claims_statement(C.evaluate_claims(flipped))
     assert "Reproduces on Shapes: none" in t2
 
 
@@ -108,7 +111,7 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path, monkeypatch):
     root = tmp_path / "ablation"
     cells = fake_cells(root, {"coupled": [0.0, 0.05, 0.1], "factorized": [0.9, 0.95, 1.0], "full": 0.7, "full_fpo": 0.75})
     acfg = A.AblationConfig(variants=("coupled", "factorized", "full"), preference=("fpo",), seeds=(0, 1, 2), n_boot=200)
-    out = A.aggregate(acfg, root=root, metrics_path=tmp_path / "metrics" / "ablation.json", plots_dir=tmp_path / "plots")
+    out = AG.aggregate(acfg, root=root, metrics_path=tmp_path / "metrics" / "ablation.json", plots_dir=tmp_path / "plots")
     table = out["table"]
     assert list(dict.fromkeys(table["row"])) == ["coupled", "factorized", "full", "full_fpo"]
     per_seed = out["per_seed"]
@@ -121,9 +124,15 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path, monkeypatch):
         assert t["paper"] == A.PAPER[row]["F1(gnd)"]
     cap = table[(table.row == "full") & (table.metric == "F1(cap)")].iloc[0]
     assert math.isnan(cap["boot_low"])  # caption F1 is not a mean of per-record scores
-    for name in ("ablation_table.csv", "ablation_cells.csv", "ablation_claims.csv", "ablation_cumulative.png",
-                 "ablation_rows.png"):
+    for name in ("ablation_table.csv", "ablation_cells.csv", "ablation_claims.csv", "ablation_query_control.csv",
+                 "ablation_cumulative.png", "ablation_rows.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0, name
+    assert (tmp_path / "plots" / "ablation_table.csv").read_text() == table.to_csv(index=False)
+    assert (tmp_path / "plots" / "ablation_claims.csv").read_text() == out["claims"].to_csv(index=False)
+    png = (tmp_path / "plots" / "ablation_rows.png").read_bytes()  # 12 × 4 inches at 110 dpi
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1320, 440)
+    assert not list((tmp_path / "plots").glob(".*"))  # no temporaries left
     j = json.loads((tmp_path / "results" / "ablation.json").read_text())  # everything, beside the headline
     head = json.loads((tmp_path / "metrics" / "ablation.json").read_text())
     assert head == headline.headline("ablation", j) and all(isinstance(v, (int, float)) for v in head.values())
@@ -137,17 +146,20 @@ def test_aggregate_writes_table_claims_plots_and_json(tmp_path, monkeypatch):
     assert j["claims"]["factorize/F1(gnd)"]["verdict"] == "reproduces"
     assert "timing" not in j and "seconds" not in j  # wall times live in the timing logs, not in a hashed output
     assert timing.read("ablation_aggregate", root=tmp_path / "artifacts" / "logs" / "timing")["seconds"] >= 0
-    t = A.cell_wall_times(cells, timing_root=tmp_path / "logs" / "timing")  # fake_cells' logs
+    t = AG.cell_wall_times(cells, timing_root=tmp_path / "logs" / "timing")  # fake_cells' logs
     assert t["n_cells"] == 12 and t["cells_s"] == pytest.approx(4 * (10 + 11 + 12))
     assert j["schedule"] == A.AblationConfig().schedule() and "factoriz" in j["statement"]
-    wide = A.wide_table(pd.read_csv(tmp_path / "plots" / "ablation_table.csv"))
+    wide = AG.wide_table(pd.read_csv(tmp_path / "plots" / "ablation_table.csv"))
     assert wide.loc["coupled", "paper F1(gnd)"] == "21.2" and wide.loc["full+fpo", "paper F1(cap)"] == "37.5"
     d = A.AblationConfig()
     assert wide.loc["full+fpo", "schedule"] == (f"ablation budget: {d.sft_steps} SFT + {d.fpo_steps} FPO steps; "
                                                 f"{d.eval_max_videos} test videos")
-    with pytest.raises(FileNotFoundError, match="missing ablation cell"):
-        A.aggregate(dataclasses.replace(acfg, seeds=(0, 1, 2, 3)), root=root, metrics_path=tmp_path / "x.json",
-                    plots_dir=tmp_path / "p", figures=False)
+    with pytest.raises(FileNotFoundError, match=r"coupled/3/metrics\.json: missing ablation cell "
+                                                r"\(python -m d2lib\.study\.ablation cell --variant coupled --seed 3\)"):
+        AG.aggregate(dataclasses.replace(acfg, seeds=(0, 1, 2, 3)), root=root, metrics_path=tmp_path / "x.json",
+                     plots_dir=tmp_path / "p", figures=False)
+    assert set(AG.load_cells(dataclasses.replace(acfg, seeds=(0, 3)).cells(), root, missing_ok=True)) == {
+        (r, 0) for r in acfg.rows()}
 
 
 def test_config_rows_cells_and_validation():
@@ -167,6 +179,43 @@ def test_config_rows_cells_and_validation():
     assert smoke.sft_steps < repo.sft_steps and smoke.eval_max_videos <= 3
     names = set(config.load_section("variants").names())
     assert set(repo.variants) <= names
+
+
+# ------------------------------------------------------------------------------ frame tokens
+class Embedder:
+    """The part of D2VLM that count_frame_tokens watches: ``embed(input_ids, frame_tok, frame_start, frame_mask,
+    frame_pos=None)`` and the ``<video>`` id."""
+
+    ids = {"video": 9}
+
+    def embed(self, input_ids, frame_tok, frame_start, frame_mask, frame_pos=None):
+        return ("embedded", tuple(input_ids.shape))
+
+
+def test_count_frame_tokens_counts_the_video_slots_each_prompt_keeps():
+    model = Embedder()
+    ids = torch.tensor([[1, 9, 9, 9, 9, 2], [9, 9, 9, 9, 3, 2]])  # 4 <video> slots per prompt
+    with A.count_frame_tokens(model) as counts:
+        assert model.embed(ids, None, None, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])) == ("embedded", (2, 6))
+        model.embed(ids[:1], None, None, frame_mask=torch.tensor([[1, 0, 0, 0]]))  # the mask as a keyword
+        model.embed(ids[:, :1], None, None, torch.ones(2, 1))  # a decoding step (one token): not a prompt
+        model.embed(ids[1:], None, None, torch.ones(1, 6))  # a mask wider than the slots: at most the slots
+        model.embed(ids[:1], None, None, None)  # no mask: every slot
+    assert counts == [3, 4, 1, 4, 4]
+    assert "embed" not in vars(model) and model.embed(ids, None, None, None) == ("embedded", (2, 6))  # unwrapped
+    assert A.inference_summary([{"video": "a"}] * 5, {"a": [0] * 6}, counts)["frame_tokens"] == pytest.approx(16 / 5)
+
+
+def test_count_frame_tokens_leaves_a_model_without_video_slots_alone():
+    class NoVideo(Embedder):
+        ids = {}
+
+    model = NoVideo()
+    with A.count_frame_tokens(model) as counts:
+        model.embed(torch.tensor([[9, 9]]), None, None, torch.ones(1, 2))
+    assert counts == [] and "embed" not in vars(model)
+    assert A.inference_summary([{"video": "a"}], {"a": [0] * 3}, counts) == {
+        "n_queries": 1, "frame_tokens": None, "frames_per_video": 3.0}
 
 
 # ------------------------------------------------------------------------------ a real tiny cell
@@ -227,7 +276,7 @@ def test_matrix_cell_trains_evaluates_and_writes_its_files(project, monkeypatch)
     a = pd.read_csv(d / "records.csv")["answer"].tolist()
     assert pd.read_csv(f / "records.csv")["answer"].tolist() == a
 
-    out = A.aggregate(acfg)
+    out = AG.aggregate(acfg)
     assert set(out["table"]["row"]) == {"coupled", "full", "full_fpo"}
     assert (project / "artifacts" / "metrics" / "ablation.json").is_file()
 

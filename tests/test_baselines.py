@@ -121,3 +121,42 @@ def test_gaussian_smooth_preserves_mass_and_constants():
     assert gaussian_smooth(x, 1.5).sum() == pytest.approx(1.0)
     assert gaussian_smooth(np.full(7, 2.0), 3.0) == pytest.approx(np.full(7, 2.0))
     assert gaussian_smooth(x, 0).tolist() == x.tolist()
+
+
+def test_tfvtg_proposals_hand_checked_ties():
+    # two identical plateaus: [1, 2] and [5, 6] both score 2/3 (inside 1, outside 2/6) + rise 1 + fall 1
+    sim = np.array([0, 1, 1, 0, 0, 1, 1, 0.0])
+    props = tfvtg_proposals(sim, top_k=8, nms_iou=0.3, sigma=0, width=1, min_len=2)
+    assert [p for p, _ in props] == [[1.0, 2.0], [5.0, 6.0], [0.0, 6.0], [3.0, 4.0]]
+    assert props[0][1] == props[1][1] == pytest.approx(8 / 3)  # the tie goes to the earlier span
+    # [0, 6] = frames [0, 7) overlaps [1, 3) and [5, 7) by 2/7 each (<= 0.3): kept; max_len=4 drops it
+    assert props[2][1] == pytest.approx(11 / 7)
+    capped = tfvtg_proposals(sim, top_k=8, nms_iou=0.3, sigma=0, width=1, min_len=2, max_len=4)
+    assert [p for p, _ in capped] == [[1.0, 2.0], [5.0, 6.0], [2.0, 5.0]]
+    assert tfvtg_proposals(sim, top_k=1, sigma=0, width=1, min_len=2) == props[:1]
+
+
+def _greedy_reference(sim, top_k, nms_iou, **kw):
+    """Greedy NMS written out over the flattened score matrix (stable order, stop at -inf)."""
+    S = tfvtg_scores(sim, **kw)
+    kept = []
+    for flat in np.argsort(-S, axis=None, kind="stable"):
+        if not np.isfinite(S.flat[flat]):
+            break
+        s, e = divmod(int(flat), S.shape[0])
+        if all(iou([s, e + 1], [p, q + 1]) <= nms_iou for (p, q), _ in kept):
+            kept.append(([float(s), float(e)], float(S.flat[flat])))
+            if len(kept) >= top_k:
+                break
+    return kept
+
+
+def test_tfvtg_proposals_equal_the_greedy_definition_with_ties():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        T = int(rng.integers(1, 16))
+        sim = rng.integers(0, 3, T) / 2 if trial % 2 else rng.normal(size=T)  # odd trials: many ties
+        kw = {"sigma": float(rng.choice([0.0, 1.0])), "width": int(rng.integers(1, 3)),
+              "min_len": int(rng.integers(1, 4)), "max_len": int(rng.integers(1, 16))}
+        for top_k, nms_iou in ((1, 0.3), (3, 0.0), (T * T, 0.3), (T * T, 0.5)):
+            assert tfvtg_proposals(sim, top_k, nms_iou, **kw) == _greedy_reference(sim, top_k, nms_iou, **kw)

@@ -251,3 +251,33 @@ def test_whole_video_baseline_iou_is_the_event_share(split, tmp_path):
     tvg = [r for r in res.rows if r["task"] == "tvg"]
     for row, r in zip(tvg, [r for r in records if r["task"] == "tvg"]):
         assert row["iou"] == pytest.approx((r["tgt"][1] - r["tgt"][0]) / r["duration"])
+
+
+ODD_ANSWERS = [None, 5, [1, 2], {"a": "3 - 7"}, float("nan"), float("inf"),
+               "The event happens in 0 - " + "9" * 400 + ".", "1e3 - 2e3</evi>1e3 - 2e3, a man.",
+               "0:99 - 1:99</evi>The event happens in 0:99 - 1:99."]
+
+
+def test_odd_answers_never_stop_the_stage_and_its_files_are_strict_json(split, tmp_path):
+    records, metas, _, _ = split
+    answered = [{**r, "a": ODD_ANSWERS[i % len(ODD_ANSWERS)]} for i, r in enumerate(records)]
+    res = ev.evaluate_system("odd", "model", answered, "</evi>", metas, _cfg(), tmp_path / "evaluate")
+    results, rows_csv = ev.write_outputs({"odd": res}, _cfg(), tmp_path / "metrics" / "evaluate.json",
+                                         tmp_path / "rows.csv")
+    tasks = res.metrics["etbench"]["tasks"]
+    n = {t: sum(r["task"] == t for r in records) for t in tasks}
+    for t in ("tvg", "tal", "dvc", "rar"):  # nothing is readable: every record is a counted failure
+        assert tasks[t]["Failed"] == n[t], t
+    assert res.metrics["charades"]["parse_failure_rate"] == 1.0 and res.metrics["youcook2"]["F1"] == 0.0
+    assert not any(pd.DataFrame(res.rows)["parsed"])
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    files = sorted((tmp_path / "evaluate").rglob("*.json")) + [results, tmp_path / "metrics" / "evaluate.json"]
+    assert len(files) == 8  # submission, tvg pred + gt, dvc pred + gt, details; results + headline metrics
+    for f in files:
+        json.loads(f.read_text(), parse_constant=refuse)
+    sub = json.loads((tmp_path / "evaluate" / "odd" / "etbench" / "submission.json").read_text())
+    assert [r["a"] for r in sub[:6]] == [""] * 6  # not text -> "", a parse failure for compute_metrics.py too
+    assert len(pd.read_csv(rows_csv)) == len(records) and not list(tmp_path.glob("*.tmp"))

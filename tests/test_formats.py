@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from d2lib.world import datasets
+from d2lib.loaders import charades, youcook2
+from d2lib.core import io
 from d2lib.evaluation import formats as F
 from d2lib.evaluation import metrics as M
 
@@ -47,7 +48,7 @@ def test_write_json_failure_keeps_old_file(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(F.os, "replace", boom)
+    monkeypatch.setattr(io.os, "replace", boom)  # the atomic writer of d2lib.core.io
     with pytest.raises(OSError):
         F.write_json({"v": 2}, path)
     assert F.read_json(path) == {"v": 1} and os.listdir(tmp_path) == ["a.json"]
@@ -83,8 +84,6 @@ def test_etbench_submission_errors(tmp_path):
         F.etbench_submission([{"idx": 0, "task": "tvg"}], ["x"])
     with pytest.raises(F.FormatError, match="2 answers for 3"):
         F.etbench_submission(TVG, ["a", "b"])
-    with pytest.raises(F.FormatError, match="string"):
-        F.etbench_submission(TVG[:1], [3])
     with pytest.raises(F.FormatError, match="metrics"):
         F.write_etbench_submission(tmp_path / "metrics_run1.json", TVG)
     (tmp_path / "bad.json").write_text(json.dumps([{**TVG[0], "a": None}]))
@@ -107,7 +106,7 @@ def test_tvg_files_as_eval_tvg_reads_them(tmp_path):
     assert gt_ts.keys() == pred_ts.keys() and gt_ts == {0: [4, 9], 7: [12, 20], 9: [1, 3]}
     assert F.read_timechat_tvg_predictions(pred_p) == pred and F.read_timechat_tvg_gt(gt_p) == gt
     # our loader reads the GT back into the same records
-    back = datasets.load_timeit_tvg(gt_p, {"v0": 30, "v1": 40}, source="s", video_template="videos/{vid}").records
+    back = charades.load_timeit_tvg(gt_p, {"v0": 30, "v1": 40}, source="s", video_template="videos/{vid}").records
     assert [(r["idx"], r["tgt"], r["g"], r["video"]) for r in back] == [
         (r["idx"], r["tgt"], r["g"], r["video"]) for r in TVG]
     # and the metric on the files equals the metric on the answers
@@ -164,7 +163,7 @@ def test_dvc_files_as_eval_dvc_reads_them(tmp_path):
     yc = M.youcook2_gt_from_timeit(gt)
     assert yc["v0.mp4"] == {"timestamps": [[4.0, 9.0], [12.0, 20.0]],
                             "sentences": ["the red square grows.", "the blue circle sinks."], "duration": 30.0}
-    back = datasets.load_youcook2(gt_p).records
+    back = youcook2.load_youcook2(gt_p).records
     assert [(r["tgt"], r["g"]) for r in back] == [(r["tgt"], [c.rstrip(".") for c in r["g"]]) for r in DVC]
 
 
@@ -195,3 +194,58 @@ def test_dvc_events_and_errors(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"v.mp4": [{"timestamp": [0, 1]}]}))
     with pytest.raises(F.FormatError, match="caption"):
         F.read_timechat_dvc_predictions(tmp_path / "p.json")
+
+
+# ------------------------------------------------------------------------------ odd answers, strict JSON
+def _strict_json(path):
+    """Read a file as a strict JSON reader does: NaN / Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(encoding="ascii"), parse_constant=refuse)
+
+
+ODD_ANSWERS = [None, 5, [1, 2], {"a": 1}, float("nan"), float("inf"),
+               "The event happens in 0 - " + "9" * 400 + ".", "1e3 - 2e3, a man cuts onions.",
+               "0:99 - 1:99, a man cuts onions.", "-5 - -1, a man cuts onions."]
+
+
+def test_writer_byte_format_is_unchanged(tmp_path):
+    obj = {"b": [1, 2.5, None, True], "a": "café", "c": {"d": 1e-7, "e": 10**20, "f": 0.1 + 0.2}}
+    assert F.write_json(obj, tmp_path / "a.json").read_bytes() == (
+        json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    assert F.write_json(obj, tmp_path / "b.json", indent=None).read_bytes() == (
+        json.dumps(obj, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    for bad in (float("nan"), float("inf"), -float("inf")):  # never written: strict JSON or nothing
+        with pytest.raises(ValueError):
+            F.write_json({"v": bad}, tmp_path / "a.json")
+    assert _strict_json(tmp_path / "a.json") == obj
+
+
+def test_odd_answers_give_failures_and_strict_json_files(tmp_path):
+    n = len(ODD_ANSWERS)
+    tvg = [{**TVG[0], "idx": i, "video": f"videos/t{i}.mp4"} for i in range(n)]
+    dvc = [{**DVC[0], "idx": 100 + i, "video": f"videos/d{i}.mp4"} for i in range(n)]
+    sub = F.write_etbench_submission(tmp_path / "sub.json", tvg + dvc, ODD_ANSWERS * 2)
+    assert [r["a"] for r in _strict_json(sub)][:6] == [""] * 6  # not text -> "" (a failure for the script)
+    assert F.read_etbench_submission(sub)[6]["a"] == ODD_ANSWERS[6]  # text is kept as written
+    pred, _ = F.write_timechat_tvg(tmp_path / "tvg_pred.json", tmp_path / "tvg_gt.json", tvg, ODD_ANSWERS)
+    assert [v["timestamp"] for v in _strict_json(pred).values()] == [[]] * n  # nothing readable
+    dpred, _ = F.write_timechat_dvc(tmp_path / "dvc_pred.json", tmp_path / "val.dvc_gt.json", dvc, ODD_ANSWERS)
+    # "-5 - -1, a man ..." is no range; the line fallback reads its two numbers (a minus is never read)
+    assert list(_strict_json(dpred).values()) == [[]] * (n - 1) + [
+        [{"timestamp": [1.0, 5.0], "caption": "-5 - -1, a man cuts onions."}]]
+    assert M.charades_sta_timechat(F.read_timechat_tvg_predictions(pred),
+                                   F.read_timechat_tvg_gt(tmp_path / "tvg_gt.json"))["n_failed"] == n
+
+
+def test_spans_given_directly_must_be_finite(tmp_path):
+    with pytest.raises(F.FormatError, match=r"spans\[1\].*finite"):
+        F.timechat_tvg_predictions(TVG, spans=[[1, 2], [0, float("nan")], None])
+    with pytest.raises(F.FormatError, match=r"events\[0\].*finite"):
+        F.timechat_dvc_predictions(DVC, events=[([[0, float("inf")]], ["grows"]), None])
+    with pytest.raises(F.FormatError, match=r"spans\[0\].*finite"):  # no float holds it: not OverflowError
+        F.timechat_tvg_predictions(TVG[:1], spans=[[0, 10**400]])
+    (tmp_path / "p.json").write_text('{"1": {"timestamp": [[0, NaN]]}}')  # Python's reader takes NaN
+    with pytest.raises(F.FormatError, match="finite"):
+        F.read_timechat_tvg_predictions(tmp_path / "p.json")

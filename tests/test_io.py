@@ -49,6 +49,9 @@ def test_csv_and_figure_and_torch(tmp_path):
     plt.close(fig)
     t = torch.arange(3)
     assert torch.equal(torch.load(io.save_torch({"t": t}, tmp_path / "s.pt"))["t"], t)
+    (tmp_path / "plain").mkdir()
+    torch.save({"t": t}, tmp_path / "plain" / "s.pt")  # torch names the inner archive after the file
+    assert (tmp_path / "s.pt").read_bytes() == (tmp_path / "plain" / "s.pt").read_bytes()
 
 
 def test_atomic_dir_replaces_a_folder_whole_and_keeps_it_on_failure(tmp_path):

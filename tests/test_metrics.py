@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from d2lib.evaluation import captioning as C
 from d2lib.evaluation import metrics as M
 
 HAVE_JAVA = shutil.which("java") is not None
@@ -26,7 +27,7 @@ def _warm_meteor(request):
     """If Java tests were selected, start the METEOR JVM when this module starts: it loads its paraphrase
     table (~10 s of one core) while the other tests run; the Java tests come last."""
     if HAVE_JAVA and any("java" in item.name for item in request.session.items):
-        M.get_caption_scorer(True).start_meteor()
+        C.get_caption_scorer(True).start_meteor()
     yield
 
 
@@ -46,7 +47,7 @@ def bow_embed(texts):
     return out / np.where(norms > 0, norms, 1)
 
 
-SIMPLE = M.get_caption_scorer(False)  # labelled pure-Python fallback (no Java)
+SIMPLE = C.get_caption_scorer(False)  # labelled pure-Python fallback (no Java)
 
 
 # ------------------------------------------------------------------------------------- building blocks
@@ -89,11 +90,11 @@ def test_order_preserving_max_and_soda_f1():
 
 def test_cider_d_hand_values():
     # one pair: every n-gram has df 1 = corpus size 1 -> idf log(1) - log(1) = 0 -> CIDEr 0
-    assert M.cider_d(["chop onions"], ["chop onions"]) == 0.0
+    assert C.cider_d(["chop onions"], ["chop onions"]) == 0.0
     # two identical 2-word pairs, disjoint refs: idf = log 2 for every n-gram; cosines 1 (1-grams),
     # 1 (2-grams), 0 (no 3-/4-grams) -> mean 0.5, x10 = 5 per pair -> 5
-    assert M.cider_d(["chop onions", "fry garlic"], ["chop onions", "fry garlic"]) == approx(5.0)
-    assert M.cider_d([], []) == 0.0
+    assert C.cider_d(["chop onions", "fry garlic"], ["chop onions", "fry garlic"]) == approx(5.0)
+    assert C.cider_d([], []) == 0.0
 
 
 # --------------------------------------------------------------------------------------- Charades-STA
@@ -362,6 +363,48 @@ def test_etbench_unknown_task():
         M.etbench_task("evs", [], embed=None, captioner=None)
 
 
+# ------------------------------------------------------------------------ answers that are no text, odd times
+NOT_TEXT = [None, 5, 0, 2.5, float("nan"), float("inf"), [1, 2], [], {"a": 1}]
+BAD_TIME = ["The event happens in 0 - " + "9" * 400 + ".", "1e3 - 2e3", "0:99 - 1:99"]
+
+
+@pytest.mark.parametrize("delimiter", [None, "</evi>"])
+def test_odd_answers_are_counted_failures_in_every_task(delimiter):
+    answers = NOT_TEXT + BAD_TIME + [f"</evi>{t}" for t in BAD_TIME]
+    n, good = len(answers), "10 - 20</evi>The event happens in 10 - 20."
+    for task, extra in (("tvg", {"tgt": [10, 20]}), ("tem", {"tgt": [[10, 20]]}), ("tal", {"tgt": [[10, 20]]}),
+                        ("dvc", {"tgt": DVC_TGT, "g": DVC_G}), ("rar", {"o": OPTS, "p": 1}),
+                        ("gvq", {"o": OPTS, "p": 1, "tgt": [10, 20]})):
+        recs = [_rec(task, a, **extra) for a in answers]
+        for evidence in M.EVIDENCE_MODES:
+            out = M.etbench_task(task, recs, delimiter=delimiter, embed=None, captioner=SIMPLE, evidence=evidence)
+            # gvq counts a wrong (here: unreadable) option only when it is empty or not text
+            assert out["Total"] == n and out["Failed"] == (len(NOT_TEXT) if task == "gvq" else n), (task, out)
+            assert all(v == 0 for k, v in out.items() if k.split("@")[0] in ("F1", "mRec", "R", "Acc", "mIoU"))
+            if delimiter is not None and "Failed_evi" in out:
+                assert out["Failed_evi"] == out["Failed"]
+        # a readable answer next to them still scores (tvg: the one good answer is a hit at every θ)
+        if task == "tvg":
+            out = M.etbench_task(task, recs + [_rec(task, good, **extra)], delimiter=delimiter, embed=None,
+                                 captioner=None)
+            assert out["F1"] == approx(1 / (n + 1)) and out["Failed"] == n
+    paths = M.etbench_task("tvg", [_rec("tvg", a, tgt=[10, 20]) for a in answers], delimiter=delimiter,
+                           embed=None, captioner=None)["parse_paths"]
+    # None is "empty" (no delimiter: empty text; with one: no </evi>), the others "not_text";
+    # the times that are no times "invalid_time" (a missing </evi> comes first)
+    assert paths["not_text"] == len(NOT_TEXT) - 1
+    assert paths["invalid_time"] == (2 * len(BAD_TIME) if delimiter is None else len(BAD_TIME))
+
+
+def test_odd_answers_in_charades_and_youcook2():
+    answers = NOT_TEXT + BAD_TIME
+    out = M.charades_sta_from_text(answers, [[10, 20]] * len(answers))
+    assert out["n_failed"] == len(answers) and out["mIoU"] == 0.0
+    assert out["parse_paths"] == {"empty": 1, "not_text": len(NOT_TEXT) - 1, "invalid_time": len(BAD_TIME)}
+    with_delim = M.charades_sta_from_text(answers, [[10, 20]] * len(answers), delimiter="</evi>")
+    assert with_delim["n_failed"] == len(answers) and with_delim["parse_paths"]["not_text"] == len(NOT_TEXT) - 1
+
+
 # ------------------------------------------------------------------------------------------- YouCook2
 YC_GT = {"v1": {"timestamps": [[0, 10], [10, 20]], "sentences": ["chop onions.", "fry garlic."]},
          "v2": {"timestamps": [[0, 30]], "sentences": ["boil water."]},
@@ -406,11 +449,11 @@ def test_youcook2_gt_loaders():
 # --------------------------------------------------------------------------------- MiniLM (real model)
 @pytest.fixture(scope="module")
 def minilm():
-    return M.load_minilm()  # cached for the whole process
+    return C.load_minilm()  # cached for the whole process
 
 
 def test_minilm_offline_weights_and_reference_similarity(minilm):
-    assert M.load_minilm() is minilm  # module-level cache
+    assert C.load_minilm() is minilm  # module-level cache
     e = minilm(["A man is eating food.", "A man is eating a piece of bread.", "A man is eating food."])
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     # cosine of identical sentences is 1; the pair below is 0.7553 with the official weights (hash-checked)
@@ -420,7 +463,7 @@ def test_minilm_offline_weights_and_reference_similarity(minilm):
 
 def test_minilm_transformers_backend_matches(minilm):
     texts = ["a red square appears", "", "word " * 400]  # empty and > 256 tokens (truncated)
-    other = M.load_minilm("transformers")
+    other = C.load_minilm("transformers")
     assert np.abs(other(texts) - minilm(texts)).max() < 1e-5
 
 
@@ -437,7 +480,7 @@ def test_minilm_sentsim_and_mcq_fallback(minilm):
 # ----------------------------------------------------------------------------- Java: METEOR, PTB, SODA
 @requires_java
 def test_java_meteor_hand_values():
-    c = M.get_caption_scorer(True)
+    c = C.get_caption_scorer(True)
     # METEOR 1.5 (-norm, en): Fmean = P R / (0.85 P + 0.15 R), penalty 0.6 (chunks / matches)^0.2;
     # content words weigh 0.75, function words 0.25 in P and R.
     # reversed "man cuts onions": P = R = 1, 3 chunks / 3 matches -> 1 - 0.6 = 0.4
@@ -455,14 +498,14 @@ def test_java_meteor_hand_values():
 
 @requires_java
 def test_java_ptb_tokenizer():
-    c = M.get_caption_scorer(True)
+    c = C.get_caption_scorer(True)
     assert c.tokenize(["A man, cutting the Onions.", "", "fry garlic.."]) == ["a man cutting the onions", "",
                                                                                "fry garlic"]
 
 
 @requires_java
 def test_java_etbench_dvc_meteor_and_ptb():
-    out = M.etbench_task("dvc", DVC, embed=bow_embed, captioner=M.get_caption_scorer(True))
+    out = M.etbench_task("dvc", DVC, embed=bow_embed, captioner=C.get_caption_scorer(True))
     # METEOR per cell: 0.390244 (see test_java_meteor_hand_values) on the 6 matched cells, 0 on the 2
     # random-reference cells -> 0.390244 * 6/8.  PTB gives the same tokens as the simple tokenizer here.
     p = 1.5 / 1.75
@@ -473,7 +516,7 @@ def test_java_etbench_dvc_meteor_and_ptb():
 
 @requires_java
 def test_java_youcook2_meteor_soda():
-    out = M.youcook2_dvc(YC_PRED, YC_GT, captioner=M.get_caption_scorer(True))
+    out = M.youcook2_dvc(YC_PRED, YC_GT, captioner=C.get_caption_scorer(True))
     assert out["CIDEr"] == approx(5 / 3) and out["tokenizer"] == "ptb"
     # METEOR per video (mean over θ): v1 3 identical pairs -> 1 at every θ; v2 identical at 0.3 only
     # -> 1/4; v3 0.  (1 + 1/4 + 0)/3 = 5/12

@@ -57,6 +57,7 @@ from pathlib import Path
 import pytest
 
 from d2lib.evaluation import formats as F
+from d2lib.evaluation import captioning as C
 from d2lib.evaluation import metrics as M
 from d2lib.core.spans import iou
 
@@ -129,7 +130,7 @@ def submission():
 def etb(submission):
     """Our E.T. Bench evaluation of the whole submission (the whole answer is read: no ``</evi>``)."""
     if HAVE_JAVA:
-        M.get_caption_scorer(True).start_meteor()  # the JVM loads while the grounding tasks run
+        C.get_caption_scorer(True).start_meteor()  # the JVM loads while the grounding tasks run
     return M.evaluate_etbench(submission, delimiter=None)["groups"]
 
 
@@ -236,7 +237,7 @@ def test_youcook2_detection_equals_published():
 def test_youcook2_captions_equal_published():
     pred = F.read_timechat_dvc_predictions(DATA / "timechat_dvc_pred.json")
     gt = M.youcook2_gt_from_timeit(F.read_timechat_dvc_gt(DATA / "val.timechat_dvc_gt.json"))
-    ours = M.youcook2_dvc(pred, gt, captioner=M.get_caption_scorer(True))
+    ours = M.youcook2_dvc(pred, gt, captioner=C.get_caption_scorer(True))
     assert ours["tokenizer"] == "ptb" and ours["n_videos"] == 8 and ours["n_videos_without_prediction"] == 1
     assert_close({k: ours[v] for k, v in YC2_KEYS.items()}, PUBLISHED_TIMECHAT_DVC, YC2_KEYS, "TimeChat eval_dvc")
 

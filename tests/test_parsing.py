@@ -163,3 +163,53 @@ def test_split_evidence():
     assert split_evidence(None) == ("", "", False)
     # several delimiters: evidence before the first, answer after the last
     assert split_evidence("1 - 2</evi>x</evi>3 - 4") == ("1 - 2", "3 - 4", True)
+
+
+# ------------------------------------------------------------------------- odd times and non-text answers
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # scientific notation is no time: the range regex would read "3 - 2" out of it (E.T. Bench does)
+        ("1e3 - 2e3", (None, "invalid_time")),
+        ("The event happens in 5 - 10e3.", (None, "invalid_time")),  # "10" is the mantissa of 10e3
+        ("from 1e3 to 2e3", (None, "invalid_time")),
+        ("Start time: 1e3\nEnd time: 2e3", (None, "invalid_time")),
+        # a clock field after the first must be < 60: not 99 s and 159 s
+        ("0:99 - 1:99", (None, "invalid_time")),
+        ("0:60 - 1:00", (None, "invalid_time")),
+        ("1:59:59 - 1:60:00", (None, "invalid_time")),
+        ("75:30 - 76:00", ([[4530.0, 4560.0]], "range")),  # m:ss: the minutes field is unbounded
+        # a number too large for a float is no time (it was read as inf)
+        ("The event happens in 0 - " + "9" * 400 + ".", (None, "invalid_time")),
+        ("0." + "9" * 400 + " - 2", ([[1.0, 2.0]], "range")),  # 400 digits of fraction: a finite number
+        # the minus sign is never read (E.T. Bench's regex; the parity fixture pins "-1 - 8")
+        ("-5 - -1", (None, "none")),
+        ("The evidence is in -1 - 8.", ([[1.0, 8.0]], "range")),
+        ("scene3 - 5", ([[3.0, 5.0]], "range")),  # a letter before a number is not an exponent
+    ],
+)
+def test_parse_spans_odd_times(text, expected):
+    assert parse_spans(text) == expected
+
+
+@pytest.mark.parametrize("answer", [5, 0, 3.5, float("nan"), float("inf"), [1, 2], [], {"a": 1}, {}, b"3 - 7"])
+def test_non_text_answers_are_a_failure_of_every_parser(answer):
+    assert parse_spans(answer) == (None, "not_text")
+    assert parse_dense_captions(answer) == (None, None, "not_text")
+    assert parse_option(answer) == (None, "not_text")
+    assert split_evidence(answer) == ("", "", False)
+
+
+@pytest.mark.parametrize(
+    "text, path",
+    [
+        ("0 - 5, a man cuts onions. 1e3 - 2e3, he fries them.", "invalid_time"),  # one bad range fails all
+        ("0:05 - 0:99, a man cuts onions.", "invalid_time"),
+        ("start time: 0:75, end time: 5\ndescription: a man chops onions", "invalid_time"),
+        ("At 1e3 seconds, a man fries onions.", "invalid_time"),  # line fallback
+        ("At 0:99, a man fries onions.", "invalid_time"),
+        ("At " + "9" * 400 + " seconds, a man fries onions.", "invalid_time"),
+    ],
+)
+def test_dense_captions_odd_times_fail(text, path):
+    assert parse_dense_captions(text) == (None, None, path)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from d2lib.study import ablation
+from d2lib.study import ablation, aggregate, claims
 from d2lib.vlm import infer, tokens
 from d2lib.core import losses
 from d2lib.vlm.model import Variant
@@ -86,12 +86,12 @@ def test_cell_control_verdicts_and_claim_counts():
     cells = {("full", 0): {"metrics": {"query_use": {"true_R1@0.5": 0.6, "ctrl_R1@0.5": 0.1, "passes": True}}},
              ("full", 1): {"metrics": {"query_use": {"true_R1@0.5": 0.3, "ctrl_R1@0.5": 0.3, "passes": False}}},
              ("coupled", 0): {"metrics": {"query_use": {"true_R1@0.5": 0.5, "ctrl_R1@0.5": 0.2, "passes": True}}}}
-    q = ablation.query_control_table(cells)
+    q = aggregate.query_control_table(cells)
     assert list(q["seed"]) == [0, 1, 0]
-    summary = ablation.query_control_summary(q)
+    summary = aggregate.query_control_summary(q)
     assert summary["full"] == {"seeds_passing": 1, "n_seeds": 2, "all_pass": False}
     assert summary["coupled"]["all_pass"] is True
-    counts = ablation.claim_counts(pd.DataFrame({"verdict": ["reproduces", "opposite direction, not resolved"]}))
+    counts = claims.claim_counts(pd.DataFrame({"verdict": ["reproduces", "opposite direction, not resolved"]}))
     assert counts == {"reproduced": 1, "contradicted": 0, "unresolved": 1, "total": 2}
 
 
@@ -102,7 +102,8 @@ def test_metric_value_reads_query_use():
 
 
 def test_consistency_start_switches_the_term_on_part_way():
-    from d2lib.training import data, sft
+    from d2lib.stages import sft
+    from d2lib.training import data
     from d2lib.vlm.model import D2VLM, ModelConfig
 
     recs = [{"idx": 0, "task": "tvg", "video": "a", "tgt": [1, 3], "q": "When does the red circle grow?"}]

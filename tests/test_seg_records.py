@@ -9,7 +9,7 @@ import pytest
 from d2lib.world import masks as M
 from d2lib.world import seg_records as S
 from d2lib.world import synth
-from d2lib.world.datasets import DatasetError, validate_record
+from d2lib.world.records import DatasetError, validate_record
 
 CFG = synth.WorldConfig()
 VAL = Path(__file__).resolve().parents[1] / "data" / "shapes" / "val"

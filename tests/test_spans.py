@@ -135,3 +135,64 @@ def test_iou_matrix_and_values_match_scalar_in_every_arithmetic(arithmetic):
 
 def test_iou_non_finite_end_has_no_overlap():
     assert spans.iou([0, 10], [5, float("inf")]) == 0.0 and spans.iou_exact([0, 10], [float("inf")] * 2) == 0
+
+
+# ------------------------------------------------------------------------------------------------ NaN
+@pytest.mark.parametrize("nan", [float("nan"), np.float64("nan"), np.float32("nan"), "nan"])
+@pytest.mark.parametrize("arithmetic", spans.ARITHMETICS)
+def test_iou_rejects_nan_in_every_variant(nan, arithmetic):
+    for a, b in (([0, nan], [0, 1]), ([0, 1], [nan, 1])):
+        with pytest.raises(ValueError, match="NaN"):
+            spans.iou(a, b, arithmetic)
+        with pytest.raises(ValueError, match="NaN"):
+            spans.iou_value(a, b, arithmetic)
+        with pytest.raises(ValueError, match="NaN"):
+            spans.iou_matrix([a], [b], arithmetic)
+    with pytest.raises(ValueError, match="NaN"):
+        spans.iou_exact([0, nan], [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        spans.exact(nan)
+
+
+def test_iou_nan_error_names_both_spans():
+    with pytest.raises(ValueError, match=r"\[0, nan\] and \[2, 3\]"):
+        spans.iou([0, float("nan")], [2, 3])
+    from decimal import Decimal
+
+    with pytest.raises(ValueError, match="NaN"):
+        spans.iou([Decimal("NaN"), 1], [0, 1])
+
+
+# ------------------------------------------------------------------------------------------------ NMS
+def test_nms_hand_checked():
+    s = [[0, 10], [1, 10], [20, 30], [0, 9], [2, 8]]
+    # visit order by score: 0 (0.9), 3 (0.9, tie: index order), 1 (0.8), 2 (0.7), 4 (0.6)
+    # IoU with [0, 10]: [0, 9] 0.9, [1, 10] 0.9, [2, 8] 0.6, [20, 30] 0
+    sc = [0.9, 0.8, 0.7, 0.9, 0.6]
+    assert spans.nms(s, sc, 0.5) == [0, 2]
+    assert spans.nms(s, sc, 0.6) == [0, 2, 4]  # 0.6 is not above the threshold: kept
+    assert spans.nms(s, sc, 0.9) == [0, 3, 1, 2, 4]  # [1, 10] vs [0, 9]: 8/10
+    assert spans.nms(s, sc, 0.89) == [0, 2, 4]
+    assert spans.nms(s, sc, 0.9, top_k=2) == [0, 3]
+    # all scores tied: index order
+    assert spans.nms(s, [1.0] * 5, 0.5) == [0, 2]
+    assert spans.nms(s, [1.0] * 5, 1.0) == [0, 1, 2, 3, 4]
+    assert spans.nms([], [], 0.5) == []
+    assert spans.nms(np.array(s), np.array(sc, dtype=np.float32), 0.5) == [0, 2]  # arrays
+
+
+def test_nms_exact_iou_tie_is_not_above_the_threshold():
+    # [0, 1] vs [0.7, 1]: IoU exactly 3/10, not above 0.3; float64 gives 1 - 0.7 = 0.30000000000000004
+    assert spans.iou([0, 1], [0.7, 1], "float64") > 0.3
+    assert spans.nms([[0, 1], [0.7, 1]], [1.0, 0.5], 0.3) == [0, 1]
+
+
+def test_nms_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        spans.nms([[0, 1], [2, 3]], [0.5, float("nan")], 0.5)
+    with pytest.raises(ValueError, match="top_k"):
+        spans.nms([[0, 1]], [0.5], 0.5, top_k=0)
+    with pytest.raises(ValueError, match="shape"):
+        spans.nms([[0, 1], [2, 3]], [0.5], 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        spans.nms([[0, 1], [0, float("nan")]], [0.5, 0.4], 0.5)

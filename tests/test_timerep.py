@@ -135,7 +135,10 @@ def test_time_tokens_are_special_tokens_of_the_tokenizer(samples, rows):
     resp_ids = ex["input_ids"][ex["labels"] != tokens.IGNORE_INDEX].tolist()
     assert {tok.convert_tokens_to_ids(t) for t in ("<t1>", "<t4>", "<t.>", "<t0>")} <= set(resp_ids)
     assert tok.unk_token_id not in resp_ids
-    assert tokens.render_response(resp_ids, [], tok, time_format="time_tokens") == "The event happens in 1 - 4."
+    times = tokens.time_rep(rows.get("vtgllm"))
+    assert isinstance(times, timerep.PeerTimes)
+    assert tokens.render_response(resp_ids, [], tok, times=times) == "The event happens in 1 - 4."
+    assert tokens.render_response(resp_ids, [], tok) != "The event happens in 1 - 4."  # not read back: time tokens
     assert prepare_vocabulary(m, tok, rows.get("vtgllm")) == []  # idempotent
 
 

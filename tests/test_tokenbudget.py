@@ -208,7 +208,8 @@ def project(tmp_path_factory):
 
 @pytest.mark.parametrize("row", ["numpro", "timemarker", "timechat", "vtimellm", "vtgllm", *BUDGET_ROWS])
 def test_rows_run_through_sft_and_an_ablation_cell(project, monkeypatch, row):
-    from d2lib.study import ablation, evaluate
+    from d2lib.stages import evaluate
+    from d2lib.study import ablation
 
     monkeypatch.setenv("D2LIB_ROOT", str(project))
     variants = config.load_section("variants")

@@ -137,3 +137,13 @@ def test_render_response(tok):
     assert tokens.render_response(ids, [[2, 5], [2, 5]], tok) == "2 - 5 </evi> (B) option. The evidence is in 2 - 5."
     assert tokens.render_response("</evi>(C) option.", []) == "</evi> (C) option."
     assert tokens.render_response("a <evi> b", []) == "a <evi> b"  # no span: left as is
+
+
+@pytest.mark.parametrize("raw", ["a ( b ) c .", "3 . 5 - 7 . 0 </evi>.", "x</evi>)y", "(</evi> . 1 . 2 . 3",
+                                 " [ </evi> ] , </evi>; 4 . 5 . 6 ?", "<t1> <t.> <t0> - <t4> <t.> <t0> ."])
+def test_tidy_is_idempotent(raw):
+    """render_response tidies a read-back text only when the time representation changed it: the same
+    as tidying it always, because a tidy text stays as it is."""
+    once = tokens._tidy(raw)
+    assert tokens._tidy(once) == once
+    assert tokens.render_response(raw, [], times=tokens.SECONDS) == once == tokens.render_response(raw, [])

@@ -1,12 +1,20 @@
-"""d2lib.training.train / d2lib.vlm.lora: config checks, LoRA on a tiny Phi-3, exact resume, determinism,
-loss curves, atomic checkpoints, and a 2-process run that matches a 1-process run."""
+"""d2lib.training.train / d2lib.vlm.lora: config checks, the lr schedules (transformers' where they are the
+same bits), LoRA on a tiny Phi-3, exact resume, determinism, loss curves (a partial last row repaired),
+atomic checkpoints (a damaged one named and skipped), and a 2-process run that matches a 1-process run."""
+import functools
+import hashlib
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,11 +35,12 @@ def _env(threads: int = 1) -> dict:
     return env
 
 
-def _toy_run(out, *, seed_model=0, callbacks=(), **kw):
+def _toy_run(out, *, seed_model=0, callbacks=(), resume=True, **kw):
     eval_fn = kw.pop("eval_fn", None)
     torch.manual_seed(seed_model)
     model = ToyModel(dropout=kw.pop("dropout", 0.0))
-    res = fit(model, toy_data(), toy_config(**kw), out, callbacks=callbacks, eval_fn=eval_fn, progress=False)
+    res = fit(model, toy_data(), toy_config(**kw), out, callbacks=callbacks, eval_fn=eval_fn, progress=False,
+              resume=resume)
     return model, res
 
 
@@ -71,13 +80,56 @@ def test_config_sections_and_defaults(tmp_path):
     assert train.total_steps(sft, n=100, world=2) == 6
 
 
-def test_schedule_matches_transformers():
-    from transformers import get_cosine_schedule_with_warmup
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", float(x))
+
+
+def _schedules_in_params():
+    """(section, profile, cfg, total) of every training schedule params.yaml runs: the align/sft/fpo
+    sections in every profile, at their own length and at the ablation's and peers' lengths."""
+    raw = config.read_yaml(config.paths.params_file())
+    out = []
+    for profile in ["default", *raw.get("profiles", {})]:
+        cfgs = config.load_all(profile=profile)
+        abl, peers = cfgs["ablation"], cfgs["peers"]
+        lengths = {"align": [cfgs["align"].steps], "sft": [cfgs["sft"].steps, abl.sft_steps, peers.sft_steps],
+                   "fpo": [cfgs["fpo"].steps, abl.fpo_steps]}
+        out += [(name, profile, cfgs[name], total) for name, totals in lengths.items() for total in set(totals)]
+    return out
+
+
+def test_transformers_schedules_equal_lr_factor_bit_for_bit():
+    """make_scheduler uses transformers' schedulers for cosine and constant: their multipliers must be
+    lr_factor's to the last bit at every step of every schedule params.yaml runs, and of a sweep."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    runs = _schedules_in_params()
+    assert {c.schedule for _, _, c, _ in runs} == {"cosine"} and {c.min_lr_ratio for _, _, c, _ in runs} >= {0.0, 0.1}
+    sweep = [(None, None, toy_config(steps=total, warmup_ratio=r, schedule=sched, min_lr_ratio=m), total)
+             for total in (1, 2, 3, 7, 40, 97) for r in (0.0, 0.03, 0.25) for m in (0.0, 0.1, 1 / 3)
+             for sched in ("cosine", "constant")]
+    for section, profile, cfg, total in runs + sweep:
+        warmup = math.ceil(cfg.warmup_ratio * total)
+        sched = train.make_scheduler(opt, cfg, total)
+        assert isinstance(sched.lr_lambdas[0], functools.partial)
+        assert sched.lr_lambdas[0].func.__module__ == "transformers.optimization"  # not our own lr_factor
+        for step in range(total + 1):
+            ours = train.lr_factor(step, warmup, total, cfg.schedule, cfg.min_lr_ratio)
+            assert _bits(sched.lr_lambdas[0](step)) == _bits(ours), (section, profile, total, step)
+
+
+def test_linear_schedule_keeps_lr_factor():
+    """transformers' linear decay rounds differently (and has no floor): ``linear`` stays on lr_factor."""
+    from transformers import get_linear_schedule_with_warmup
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    ref = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=50)
-    for step in range(51):
-        assert train.lr_factor(step, 3, 50) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12)
+    cfg = toy_config(steps=40, schedule="linear", warmup_ratio=0.1, min_lr_ratio=0.2)
+    sched = train.make_scheduler(opt, cfg, 40)
+    assert sched.lr_lambdas[0].func is train.lr_factor
+    assert [sched.lr_lambdas[0](s) for s in (0, 2, 4, 22, 40)] == pytest.approx([0.0, 0.5, 1.0, 0.6, 0.2])
+    ref = get_linear_schedule_with_warmup(opt, 4, 40).lr_lambdas[0]
+    steps = range(41)
+    assert all(ref(s) == pytest.approx(train.lr_factor(s, 4, 40, "linear"), abs=1e-15) for s in steps)
+    assert any(_bits(ref(s)) != _bits(train.lr_factor(s, 4, 40, "linear")) for s in steps)  # not the same bits
 
 
 def test_data_order_shards_and_epochs():
@@ -284,20 +336,82 @@ def test_checkpoints_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         _toy_run(out, steps=8)
     monkeypatch.setattr(train, "export_model", real_export)
-    names = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert names == ["checkpoint-2", "checkpoint-4.tmp"]
-    for p in out.glob("checkpoint-*"):  # every non-.tmp checkpoint is complete
-        assert p.name.endswith(".tmp") or (p / train.MARKER).is_file()
+    assert calls[1].name == "checkpoint-4.tmp"  # it was writing into the temporary folder…
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # …which the error removed
+    # what a kill -9 leaves behind: temporary / moved-aside folders (even with a marker), a folder without one
+    for leftover in ("checkpoint-4.tmp", "checkpoint-3.old", "final.tmp", "final.old"):
+        shutil.copytree(out / "checkpoint-2", out / leftover)
     (out / "checkpoint-7").mkdir()  # e.g. a half-copied folder: no marker → never resumed from
     assert train.latest_checkpoint(out).name == "checkpoint-2"
+    assert sorted(p.name for p in train.clean_incomplete(out)) == [
+        "checkpoint-3.old", "checkpoint-4.tmp", "checkpoint-7", "final.old", "final.tmp"]
 
     model, res = _toy_run(out, steps=8)
     assert res.start_step == 2 and weights_digest(model) == weights_digest(ref)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]  # keep_last=2
-    for ckpt in ("checkpoint-8",):
-        files = {p.name for p in (out / ckpt).iterdir()}
-        assert {"COMPLETE", "model.safetensors", "trainable.safetensors", "optimizer.pt", "scheduler.pt",
-                "rng_state_0.pt", "trainer_state.json"} <= files
+    files = {p.name for p in (out / "checkpoint-8").iterdir()}
+    assert files == {"COMPLETE", "model.safetensors", "trainable.safetensors", "optimizer.pt", "scheduler.pt",
+                     "rng_state_0.pt", "trainer_state.json"}
+    # the marker: the step, then each file's sha256 in sha256sum's format
+    marker = (out / "checkpoint-8" / train.MARKER).read_text().splitlines()
+    assert marker[0] == "step 8" and len(marker) == len(files)
+    for line in marker[1:]:
+        digest, name = line.split("  ")
+        assert hashlib.sha256((out / "checkpoint-8" / name).read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-6", "checkpoint-8", "final", "loss.csv", "val.csv"]
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "cut in half":
+        path.write_bytes(data[:len(data) // 2])
+    else:  # same length, a block of zeros in the middle (a lost page after a power cut)
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(min(64, len(data) - mid)) + data[mid + 64:])
+
+
+@pytest.mark.parametrize("name, how", [("trainable.safetensors", "cut in half"), ("optimizer.pt", "zeroed"),
+                                       ("model.safetensors", "zeroed"), ("trainer_state.json", "cut in half")])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd, name, how):
+    kw = dict(steps=8, dropout=0.1)
+    ref, ref_res = _toy_run(tmp_path / "ref", **kw)
+
+    def stop_at_7(step, info):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(out, callbacks=[stop_at_7], **kw)
+    bad = out / "checkpoint-6" / name
+    _damage(bad, how)
+    with pytest.raises(train.CheckpointError, match=re.escape(str(bad))):
+        train.verify_checkpoint(out / "checkpoint-6")
+    with pytest.raises(train.CheckpointError, match=re.escape(str(bad))):  # an explicit resume does not fall back
+        _toy_run(out, resume=out / "checkpoint-6", **kw)
+    capfd.readouterr()
+    model, res = _toy_run(out, seed_model=9, **kw)
+    note = capfd.readouterr().err
+    assert "skipped checkpoint checkpoint-6" in note and str(bad) in note and "checkpoint-6.corrupt" in note
+    assert res.start_step == 4 and weights_digest(model) == weights_digest(ref)  # exact, from checkpoint-4
+    assert [r["loss"] for r in res.history] == [r["loss"] for r in ref_res.history]
+    assert (out / "checkpoint-6.corrupt" / name).is_file()  # kept aside for a look, never resumed from
+    assert [s for s, _ in train.list_checkpoints(out)] == [6, 8]
+
+
+def test_unreadable_checkpoint_file_is_named(tmp_path):
+    """A checkpoint whose marker records no hashes (written by an older version) is read without a check;
+    a file that cannot be read is still an error naming it, before any state is changed."""
+    _toy_run(tmp_path / "run", steps=4)
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    (ckpt / train.MARKER).write_text("step 4\n")
+    assert train.verify_checkpoint(ckpt) is False
+    _damage(ckpt / "optimizer.pt", "cut in half")
+    with pytest.raises(train.CheckpointError, match=re.escape(str(ckpt / "optimizer.pt")) + ".*cannot be read"):
+        train.read_checkpoint(ckpt, SimpleNamespace(device=torch.device("cpu"), process_index=0))
+    (ckpt / train.MARKER).write_bytes(bytes(7))  # a zeroed marker
+    with pytest.raises(train.CheckpointError, match=re.escape(str(ckpt / train.MARKER))):
+        train.verify_checkpoint(ckpt)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
@@ -310,6 +424,51 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     out = train.selftest(tmp_path / "run", steps=8)  # the restart (in this process, to save a start-up)
     assert out["start_step"] == 4 and out["digest"] == ref["digest"]
     assert out["loss"] == ref["loss"]  # loss.csv: rows 1-4 from the killed run, 5-8 from the restart
+    assert (tmp_path / "run" / "loss.csv").read_bytes() == (tmp_path / "ref" / "loss.csv").read_bytes()
+
+
+def _score(model, step):
+    return {"score": step / 3, **({"late": 0.5} if step > 4 else {})}  # a new column half-way
+
+
+def test_partial_last_row_is_repaired_on_resume(tmp_path, capfd):
+    """A crash while a row was being appended leaves it cut short: resume drops it (with a note), keeps
+    every complete row, and the logs end up byte for byte those of an uninterrupted run."""
+    kw = dict(steps=8, dropout=0.1, eval_every=2, eval_fn=_score)
+    _toy_run(tmp_path / "ref", **kw)
+
+    def stop_at_6(step, info):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(out, callbacks=[stop_at_6], **kw)
+    with open(out / "loss.csv", "a") as f:
+        f.write("7,0.4375,0.0")  # row 7 cut short
+    with open(out / "val.csv", "a") as f:
+        f.write("8,2.66")
+    old = out / "loss.csv.before"
+    os.link(out / "loss.csv", old)  # a second name for the same bytes on disk
+    before = old.read_bytes()
+    _, res = _toy_run(out, **kw)
+    err = capfd.readouterr().err
+    assert res.start_step == 6
+    for name, line in (("loss.csv", 8), ("val.csv", 5)):
+        assert f"{out / name}: dropped the partial last row (line {line}" in err
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    assert old.read_bytes() == before  # loss.csv was replaced by a new file, not rewritten in place
+    assert [r["step"] for r in res.history] == list(range(1, 9))
+
+
+def test_a_bad_row_before_the_last_is_an_error(tmp_path):
+    _toy_run(tmp_path / "run", steps=4)
+    log = tmp_path / "run" / "loss.csv"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = "2,oops\r\n"
+    log.write_text("".join(lines))
+    with pytest.raises(ValueError, match=re.escape(f"{log}:3: not a row of")):
+        _toy_run(tmp_path / "run", steps=4)  # resumes from checkpoint-4, reading the log first
 
 
 def _free_port() -> int:

@@ -43,6 +43,50 @@ def test_decode_clips_to_the_video_and_proposals_apply_nms():
     assert [p for p, _ in props] == [[0.0, 2.0], [2.0, 2.5]] and props[0][1] == pytest.approx(0.9)
 
 
+def _proposals_by_torch_order(score, off, duration, top_k, nms_iou, order=None):
+    """Greedy NMS written out, visiting frames in ``order`` (default: ``torch.argsort(descending=True)``,
+    stable for T <= 16)."""
+    from d2lib.core.spans import iou
+
+    spans = univtg.frame_proposals(off).clamp(0.0, float(duration)).tolist()
+    out = []
+    for t in order if order is not None else torch.argsort(score, descending=True).tolist():
+        if all(iou(spans[t], s) <= nms_iou for s, _ in out):
+            out.append((spans[t], float(score[t])))
+        if len(out) >= top_k:
+            break
+    return out
+
+
+def test_proposals_hand_checked_with_ties():
+    # frames 0..4 propose [0, 4], [0, 4], [2, 4], [3, 7], [3, 6] (offsets clipped to [0, 10])
+    off = torch.tensor([[1.0, 4.0], [1.0, 3.0], [0.0, 2.0], [0.0, 4.0], [1.0, 2.0]])
+    score = torch.tensor([0.5, 0.9, 0.9, 0.5, 0.7])
+    # order 1, 2 (tie: earlier frame), 4, 0, 3; [2, 4] vs [0, 4] = 1/2 (kept at 0.5), [3, 6] vs [2, 4] = 1/4
+    props = univtg.proposals(score, off, duration=10, top_k=5, nms_iou=0.5)
+    assert props == [([0.0, 4.0], pytest.approx(0.9)), ([2.0, 4.0], pytest.approx(0.9)),
+                     ([3.0, 6.0], pytest.approx(0.7))]
+    assert [p for p, _ in univtg.proposals(score, off, duration=10, top_k=5, nms_iou=0.2)] == [[0.0, 4.0], [3.0, 6.0]]
+    assert [p for p, _ in univtg.proposals(score, off, duration=10, top_k=2, nms_iou=1.0)] == [[0.0, 4.0], [2.0, 4.0]]
+    assert props[0][0] == univtg.decode(score, off, duration=10)  # the first proposal is the answer
+    # the same as greedy NMS in torch's order (stable for up to 16 frames)
+    for top_k, nms_iou in ((5, 0.5), (5, 0.2), (2, 1.0), (1, 0.0)):
+        assert univtg.proposals(score, off, 10, top_k, nms_iou) == _proposals_by_torch_order(score, off, 10, top_k, nms_iou)
+
+
+def test_proposals_ties_keep_the_earlier_frame_at_any_length():
+    gen = torch.Generator().manual_seed(0)
+    for T in (5, 16, 40, 200):
+        score = torch.randint(0, 3, (T,), generator=gen).float() / 2  # many ties
+        off = torch.rand(T, 2, generator=gen) * 4
+        props = univtg.proposals(score, off, duration=T, top_k=T, nms_iou=0.3)
+        assert props[0][0] == univtg.decode(score, off, duration=T)
+        by_score_then_frame = sorted(range(T), key=lambda t: (-float(score[t]), t))
+        assert props == _proposals_by_torch_order(score, off, T, T, 0.3, by_score_then_frame)
+        if T <= 16:  # torch's own sort is stable there: the same proposals as before
+            assert props == _proposals_by_torch_order(score, off, T, T, 0.3)
+
+
 def test_saliency_hinge_is_zero_when_inside_beats_outside_by_the_margin():
     fg = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
     mask = torch.ones(1, 4, dtype=torch.bool)
@@ -124,6 +168,13 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.randn(1, 6, 8)
     args = (x, torch.tensor([0]), torch.ones(1, 6, dtype=torch.bool), torch.tensor([[2, 3]]), torch.ones(1, 2, dtype=torch.bool))
     assert torch.allclose(model(*args)["fg"], back(*args)["fg"])
+    # the bytes of a plain torch.save to univtg.pt (torch names the zip's folder after the file), no temporaries
+    obj = {"cfg": dataclasses.asdict(cfg), "vocab_size": 5, "feat_dim": 8, "max_frames": model.max_frames,
+           "state": model.state_dict()}
+    (tmp_path / "plain").mkdir()
+    torch.save(obj, tmp_path / "plain" / "univtg.pt")
+    assert (tmp_path / "univtg.pt").read_bytes() == (tmp_path / "plain" / "univtg.pt").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "univtg.pt"]
 
 
 # ------------------------------------------------------------------------------ params

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from ablation_fixture import fake_cells, fake_records
+from d2lib.core import stats
 from d2lib.study import ablation, plots, widgets
 
 ALL_ROWS = {"coupled": [0.1, 0.2, 0.3], "factorized": [0.6, 0.7, 0.8], "full": 0.9}
@@ -182,7 +183,7 @@ def test_intervals_stay_within_0_1(all_rows, interval):
             lo, hi = ex.figure.axes[0].get_ylim()
             assert lo >= 0
     # the plain t-interval of the same seeds does leave [0, 1] (what this guards against)
-    plain = ablation.t_interval([0.0, 0.0, 0.35])
+    plain = stats.t_interval([0.0, 0.0, 0.35])
     assert plain.low < 0
     ex.interval.value = "logit_t"
     ex.task.value = "merged"
@@ -197,15 +198,6 @@ def test_every_row_has_its_own_colour():
     colours = list(plots.VARIANT_COLORS.values())
     assert len(set(colours)) == len(colours) and plots.GT_COLOR not in colours
     assert plots.variant_color(peers.label("univtg")) == plots.VARIANT_COLORS["univtg"]
-
-
-def test_logit_t_interval():
-    ci = plots.logit_t_interval([0.2, 0.3, 0.4])
-    assert 0 < ci.low < 0.3 < ci.high < 1 and ci.estimate == pytest.approx(0.3)
-    assert np.isnan(plots.logit_t_interval([0.5]).low)
-    assert plots.logit_t_interval([1.0, 1.0, 1.0]).high <= 1.0
-    ci = plots.logit_t_interval([2.0, 3.0, 4.0], lo=0.0, hi=10.0)  # CIDEr-like range
-    assert 0 <= ci.low < 3 < ci.high <= 10
 
 
 def test_display_carries_a_static_snapshot(explorer):

@@ -36,7 +36,7 @@ T = TypeVar("T")
 SECTIONS: dict[str, str] = {
     "world": "d2lib.world.synth:WorldConfig",
     "benchmark": "d2lib.world.synth:BenchmarkConfig",
-    "prepare": "d2lib.world.datasets:PrepareConfig",
+    "prepare": "d2lib.stages.prepare:PrepareConfig",
     "model": "d2lib.vlm.model:ModelConfig",
     "variants": "d2lib.vlm.model:VariantsConfig",
     "align": "d2lib.training.train:AlignConfig",
@@ -149,14 +149,59 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], where: str 
     return out
 
 
+def _duplicate_key(node: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first mapping key that appears twice in a composed YAML ``node`` (searched depth-first):
+    ``(dotted key, first key node, second key node)``, or None. Merge keys (``<<``) are not keys."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            path = f"{where}.{key}" if where else str(key)
+            if key in seen:
+                return path, seen[key], key_node
+            seen[key] = key_node
+            found = _duplicate_key(value_node, path)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def read_yaml(path: Path) -> dict:
+    """A params file as a dict. Errors name the file: missing, not YAML, empty, not a mapping, or a key
+    given twice in one mapping (YAML loaders silently keep the last one; here it is an error).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "params.yaml"
+    >>> _ = p.write_text("sft:\\n  lr: 1\\n  steps: 2\\n  lr: 3\\n")
+    >>> read_yaml(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    d2lib.core.config.ConfigError: ...params.yaml:4: params key 'sft.lr' is given twice (first on line 2)
+    """
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the params file: {e}") from None
+    try:
+        dup = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if dup:
+        key, first, again = dup
+        raise ConfigError(f"{path}:{again.start_mark.line + 1}: params key '{key}' is given twice "
+                          f"(first on line {first.start_mark.line + 1})")
+    if raw is None:
+        raise ConfigError(f"{path}: params file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw
@@ -187,16 +232,31 @@ def section_class(name: str) -> type:
     return getattr(importlib.import_module(mod), cls)
 
 
+def _section(raw: Mapping[str, Any], name: str, path: Path):
+    """Section ``name`` of a loaded params file as its dataclass; a missing or non-mapping section is an
+    error (never silently the defaults), and every error names the file."""
+    cls = section_class(name)
+    if name not in raw:
+        raise ConfigError(f"{path}: params section '{name}' is missing (it has: {', '.join(raw) or 'nothing'})")
+    if not isinstance(raw[name], Mapping):
+        raise ConfigError(f"{path}: params section '{name}' must be a mapping of keys, got {raw[name]!r}")
+    try:
+        return from_dict(cls, raw[name], name)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def load_section(name: str, path: str | Path | None = None, profile: str | None = None):
     """One section of params.yaml as its frozen dataclass (profile applied)."""
-    raw = load_raw(path, profile)
-    return from_dict(section_class(name), raw.get(name, {}), name)
+    path = Path(path) if path else paths.params_file()
+    return _section(load_raw(path, profile), name, path)
 
 
 def load_all(path: str | Path | None = None, profile: str | None = None) -> dict[str, Any]:
     """Every section, validated — the check a stage runs before it starts work."""
+    path = Path(path) if path else paths.params_file()
     raw = load_raw(path, profile)
-    return {name: from_dict(section_class(name), raw.get(name, {}), name) for name in SECTIONS}
+    return {name: _section(raw, name, path) for name in SECTIONS}
 
 
 def to_dict(cfg: Any) -> dict:

@@ -111,12 +111,24 @@ def write_csv(df: Any, path: str | os.PathLike, **to_csv: Any) -> Path:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, …)`` atomically. Returns ``path``."""
+    """``torch.save(obj, path)`` atomically, with the bytes a plain ``torch.save(obj, path)`` writes.
+
+    torch names the archive inside the file after the file's name, so the object is saved under
+    ``path``'s own name in a temporary folder beside it and that file is moved into place.
+    """
     import torch
 
-    with atomic_file(path) as tmp:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
         torch.save(obj, tmp)
-    return Path(path)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
 
 
 def save_figure(fig: Any, path: str | os.PathLike, **savefig: Any) -> Path:

@@ -1,11 +1,13 @@
-"""Temporal spans: IoU, soft grounding targets, span decoding and formatting.
+"""Temporal spans: IoU, non-maximum suppression, soft grounding targets, span decoding and formatting.
 
-Taught in lesson ``02_model`` (soft targets, span decoding) and ``06_evaluation`` (IoU).
+Taught in lesson ``02_model`` (soft targets, span decoding) and ``06_evaluation`` (IoU, NMS).
 A span is ``[start, end]`` in seconds with ``start <= end``. At 1 fps frame ``t`` is second ``t``.
 All functions are pure; tensors are ``torch`` and arrays are ``numpy``.
 
-**IoU, exactly.** Every IoU in the library — every protocol of :mod:`d2lib.evaluation.metrics`, the baselines'
-NMS, the preference negatives — goes through :func:`iou` / :func:`iou_value` / :func:`iou_matrix`. By
+**IoU, exactly.** Every IoU in the library — every protocol of :mod:`d2lib.evaluation.metrics`, the one greedy
+:func:`nms` (TFVTG and UniVTG proposals), the preference negatives — goes through :func:`iou` /
+:func:`iou_value` / :func:`iou_matrix`. A NaN span end is an error in every arithmetic (``ValueError``
+naming the spans); an infinite one gives no overlap. By
 default (``arithmetic="exact"``) the IoU is computed on the exact rationals the span ends stand for
 (:func:`exact`: a float stands for its shortest decimal, i.e. the number the parser read, ``20.2`` =
 101/5), so a threshold is decided exactly (:func:`reaches`): ``GT [22, 28]`` vs ``20.2 - 25.9`` has IoU
@@ -54,12 +56,14 @@ def _float_ratio(x: float) -> tuple[int, int]:
 
 
 def _ratio(x) -> tuple[int, int] | None:
-    """``(numerator, denominator)`` of :func:`exact`, or ``None`` for a non-finite value."""
+    """``(numerator, denominator)`` of :func:`exact`, or ``None`` for ±inf; ``ValueError`` for NaN."""
     if isinstance(x, Fraction):
         return x.numerator, x.denominator
     if isinstance(x, (int, np.integer)):
         return int(x), 1
     if isinstance(x, Decimal):
+        if x.is_nan():
+            raise ValueError(f"not a number (NaN): {x!r}")
         if not x.is_finite():
             return None
         f = Fraction(x)
@@ -71,6 +75,8 @@ def _ratio(x) -> tuple[int, int] | None:
         except ValueError:  # "inf", "nan" (finite garbage raises in float() below)
             pass
     x = float(x)
+    if math.isnan(x):
+        raise ValueError(f"not a number (NaN): {x!r}")
     return _float_ratio(x) if math.isfinite(x) else None
 
 
@@ -90,12 +96,33 @@ def exact(x) -> Fraction:
     return Fraction(*r)
 
 
+def _nan_error(a: Span, b: Span) -> ValueError:
+    return ValueError(f"IoU of spans with a NaN end: {list(a)!r} and {list(b)!r} (a span end must be a number)")
+
+
+def _is_nan(v) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_not_nan(a: Span, b: Span) -> None:
+    """``ValueError`` naming both spans when an end is NaN."""
+    if any(_is_nan(v) for v in (a[0], a[1], b[0], b[1])):
+        raise _nan_error(a, b)
+
+
 def _iou_parts(a: Span, b: Span) -> tuple[int, int]:
     """Exact IoU as integers ``(inter, hull)`` on a common denominator; ``(0, 1)`` without overlap.
 
-    A non-finite end (e.g. a 400-digit number in an answer) gives no measurable overlap: ``(0, 1)``.
+    An infinite end gives no measurable overlap: ``(0, 1)``; a NaN end raises ``ValueError``.
     """
-    rs = [_ratio(v) for v in (a[0], a[1], b[0], b[1])]
+    try:
+        rs = [_ratio(v) for v in (a[0], a[1], b[0], b[1])]
+    except ValueError:
+        _check_not_nan(a, b)
+        raise
     if any(r is None for r in rs):
         return 0, 1
     (n0, d0), (n1, d1), (m0, e0), (m1, e1) = rs
@@ -122,6 +149,7 @@ def iou_exact(a: Span, b: Span) -> Fraction:
 
 
 def _iou_float64(a: Span, b: Span) -> float:
+    _check_not_nan(a, b)
     inter = min(a[1], b[1]) - max(a[0], b[0])
     hull = max(a[1], b[1]) - min(a[0], b[0])
     if inter <= 0 or hull <= 0:
@@ -132,6 +160,7 @@ def _iou_float64(a: Span, b: Span) -> float:
 def _iou_float32(a: Span, b: Span) -> float:
     """nncore ``temporal_iou`` on float32 tensors: ``inter = clamp(min(e) - max(s), 0)``,
     ``union = len_a + len_b - inter``, all in float32 (0/0 is NaN, as there)."""
+    _check_not_nan(a, b)
     f = np.float32
     with np.errstate(all="ignore"):
         a0, a1, b0, b1 = f(a[0]), f(a[1]), f(b[0]), f(b[1])
@@ -173,6 +202,10 @@ def iou(a: Span, b: Span, arithmetic: str = "exact") -> float:
     0.0
     >>> iou([10, 20], [10, 17]) >= 0.7  # an exact tie, decided exactly
     True
+    >>> iou([0, float("nan")], [0, 1])  # every arithmetic
+    Traceback (most recent call last):
+        ...
+    ValueError: IoU of spans with a NaN end: [0, nan] and [0, 1] (a span end must be a number)
     """
     if arithmetic == "exact":
         inter, hull = _iou_parts(a, b)
@@ -203,6 +236,8 @@ def iou_matrix(a: Iterable[Span], b: Iterable[Span], arithmetic: str = "exact") 
     if arithmetic == "float64":
         a = np.asarray(a, dtype=float).reshape(-1, 2)
         b = np.asarray(b, dtype=float).reshape(-1, 2)
+        if np.isnan(a).any() or np.isnan(b).any():
+            raise ValueError("iou_matrix: a span end is NaN (a span end must be a number)")
         inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
         hull = np.maximum(a[:, None, 1], b[None, :, 1]) - np.minimum(a[:, None, 0], b[None, :, 0])
         return np.where((inter > 0) & (hull > 0), inter / np.where(hull > 0, hull, 1.0), 0.0)
@@ -211,6 +246,41 @@ def iou_matrix(a: Iterable[Span], b: Iterable[Span], arithmetic: str = "exact") 
         for j, y in enumerate(b):
             out[i, j] = iou(x, y, arithmetic)
     return out
+
+
+def nms(spans: Sequence[Span] | np.ndarray, scores: Sequence[float] | np.ndarray, iou_threshold: float,
+        top_k: int | None = None) -> list[int]:
+    """Greedy non-maximum suppression: the indices of the kept spans, best first.
+
+    ``spans``: shape ``(N, 2)``; ``scores``: shape ``(N,)`` → indices, shape ``(K,)`` with
+    ``K <= min(N, top_k)``. Spans are visited by decreasing score — equal scores in index order (a stable
+    sort, so the order never depends on a sort implementation) — and a span is kept when its :func:`iou`
+    (exact) with every span kept so far is ``<= iou_threshold``; the visit stops once ``top_k`` are kept
+    (``None``: no limit). Raises ``ValueError`` for a NaN score, ``top_k < 1`` or mismatched lengths.
+
+    >>> nms([[0, 10], [1, 10], [20, 30], [0, 9]], [0.9, 0.8, 0.7, 0.9], iou_threshold=0.5)
+    [0, 2]
+    >>> nms([[0, 10], [1, 10], [20, 30], [0, 9]], [0.9, 0.8, 0.7, 0.9], iou_threshold=0.95, top_k=2)
+    [0, 3]
+    """
+    s = np.asarray(spans)
+    sc = np.asarray(scores, dtype=float).reshape(-1)
+    if s.size == 0 and sc.size == 0:
+        return []
+    if s.ndim != 2 or s.shape[1] != 2 or s.shape[0] != sc.shape[0]:
+        raise ValueError(f"nms: spans must have shape (N, 2) and scores (N,), got {s.shape} and {sc.shape}")
+    if np.isnan(sc).any():
+        raise ValueError(f"nms: score {int(np.flatnonzero(np.isnan(sc))[0])} is NaN")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"nms: top_k must be >= 1 (or None), got {top_k}")
+    rows = s.tolist()
+    kept: list[int] = []
+    for i in np.argsort(-sc, kind="stable").tolist():
+        if all(iou(rows[i], rows[k]) <= iou_threshold for k in kept):
+            kept.append(i)
+            if top_k is not None and len(kept) >= top_k:
+                break
+    return kept
 
 
 def threshold_value(threshold: float, arithmetic: str = "exact", float32_threshold: bool = False):

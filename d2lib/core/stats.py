@@ -1,11 +1,17 @@
-"""Uncertainty of benchmark numbers: percentile bootstrap confidence intervals over samples.
+"""Uncertainty of benchmark numbers: every confidence interval of the library.
 
 Taught in lesson ``06_evaluation`` (headline numbers ± 95% CI) and used again by the ablations
-(``07_ablations``: variants × seeds). A benchmark score is a statistic of a finite sample of test
-queries; resampling the queries with replacement shows how much it would move on another draw of
-the same size. The percentile interval is the ``(1−level)/2`` and ``(1+level)/2`` quantiles of the
-statistic over ``n_boot`` resamples. It says nothing about other seeds of training — that is what
-the ablation's seeds are for.
+(``07_ablations``: variants × seeds) and the peers (``08_peers``). Two kinds of interval:
+
+* **over test samples** — a benchmark score is a statistic of a finite sample of test queries;
+  resampling them with replacement shows how much it would move on another draw of the same size. The
+  percentile interval is the ``(1−level)/2`` and ``(1+level)/2`` quantiles of the statistic over
+  ``n_boot`` resamples: :func:`bootstrap_ci` (records), :func:`mean_of_means_ci` (stratified by task),
+  :func:`paired_bootstrap_diff` (two systems on the same records), :func:`video_bootstrap` (whole test
+  videos, all their records kept: records of one video are correlated);
+* **over training seeds** — how much a number moves when the training is repeated: the Student-t
+  interval :func:`t_interval` (mean ± t·sd/√n), and :func:`logit_t_interval`, the same on the logit
+  scale of the metric's range so that a score in [0, 1] never gets an interval outside it.
 
 All functions are pure: randomness comes only from ``numpy.random.default_rng(seed)``.
 
@@ -21,7 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CI", "t_interval", "bootstrap_ci", "bootstrap_indices", "mean_of_means_ci", "paired_bootstrap_diff"]
+__all__ = ["CI", "t_interval", "logit_t_interval", "bootstrap_ci", "bootstrap_indices", "mean_of_means_ci",
+           "paired_bootstrap_diff", "video_bootstrap"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +158,64 @@ def t_interval(values: Sequence[float], level: float = 0.95):
         return CI(mean, math.nan, math.nan, level, 1, 0)
     half = float(sps.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return CI(mean, mean - half, mean + half, level, int(x.size), 0)
+
+
+def logit_t_interval(values: Sequence[float], level: float = 0.95, lo: float = 0.0, hi: float = 1.0,
+                     eps: float = 1e-3) -> CI:
+    """t-interval over ``values`` (e.g. one score per seed) on the logit scale of ``[lo, hi]``.
+
+    Each value is rescaled to ``u = (x − lo)/(hi − lo)``, clipped to ``[eps, 1 − eps]`` (a score of
+    exactly 0 or 1 counts as 0.001 or 0.999 of the range), mapped to ``logit(u)``; the interval is
+    mean ± t₍ₙ₋₁₎·sd/√n there, mapped back. The estimate is the plain mean of ``values`` (what tables
+    show); where it falls outside the back-mapped interval (skewed seeds) the interval is widened to
+    include it. One value: no interval (NaN). Returns a :class:`CI` (``n_boot`` = 0).
+
+    >>> ci = logit_t_interval([0.0, 0.02, 0.3])  # the plain t-interval of these runs below 0
+    >>> 0.0 <= ci.low <= ci.estimate <= ci.high <= 1.0, t_interval([0.0, 0.02, 0.3]).low < 0
+    (True, True)
+    """
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size < 2:
+        return t_interval(x, level)  # no values: all NaN; one value: no interval
+    mean = float(x.mean())
+    u = np.clip((x - lo) / (hi - lo), eps, 1 - eps)
+    z = t_interval(np.log(u / (1 - u)), level)  # the plain t-interval, on the logit scale
+    back = lambda v: lo + (hi - lo) / (1 + math.exp(-v))  # noqa: E731
+    return CI(mean, min(back(z.low), mean), max(back(z.high), mean), level, int(x.size), 0)
+
+
+def video_bootstrap(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> CI:
+    """Percentile bootstrap CI over **videos** of a per-record mean, stratified by task: the statistic
+    is the mean over tasks of each task's mean (as E.T. Bench merges F1(gnd)). ``values``: DataFrame
+    ``task, video, value`` (one row per record; NaN values are dropped). Videos are resampled with
+    replacement and keep all their records; a resample in which a task has no record is left out. With
+    one record per video and one task this is the plain percentile bootstrap of the mean.
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"task": ["tvg"] * 4, "video": ["a", "a", "b", "b"], "value": [1.0, 1.0, 0.0, 0.0]})
+    >>> ci = video_bootstrap(df, n_boot=500)
+    >>> ci.estimate, ci.low, ci.high
+    (0.5, 0.0, 1.0)
+    """
+    df = values[np.isfinite(values["value"].astype(float))]
+    if df.empty:
+        return CI(math.nan, math.nan, math.nan, level, 0, n_boot)
+    videos = sorted(df["video"].unique())
+    pos = {v: i for i, v in enumerate(videos)}
+    V = len(videos)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, V, size=(n_boot, V))
+    W = np.zeros((n_boot, V))  # W[b, v]: how often resample b drew video v
+    np.add.at(W, (np.repeat(np.arange(n_boot), V), draws.ravel()), 1.0)
+    est, boots = [], []
+    for _, d in df.groupby("task", sort=True):
+        vi = d["video"].map(pos).to_numpy()
+        S = np.bincount(vi, weights=d["value"].astype(float).to_numpy(), minlength=V)  # per-video sums
+        C = np.bincount(vi, minlength=V).astype(float)  # per-video record counts
+        est.append(S.sum() / C.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots.append((W @ S) / (W @ C))
+    b = np.mean(boots, axis=0)
+    b = b[np.isfinite(b)]
+    lo, hi = (np.quantile(b, [(1 - level) / 2, (1 + level) / 2]) if b.size else (math.nan, math.nan))
+    return CI(float(np.mean(est)), float(lo), float(hi), level, int(len(df)), n_boot)

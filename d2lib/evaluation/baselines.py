@@ -52,7 +52,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from d2lib.core.spans import iou
+from d2lib.core.spans import nms
 
 __all__ = ["random_span", "normalised_mean_span", "prior_span",
            "gaussian_smooth", "static_scores", "boundary_scores", "tfvtg_scores", "tfvtg_proposals",
@@ -203,32 +203,20 @@ def tfvtg_scores(sim: Sequence[float], min_len: int = 1, max_len: int | None = N
 
 def tfvtg_proposals(sim: Sequence[float], top_k: int = 5, nms_iou: float = 0.3, fps: float = 1.0,
                     **score_kwargs) -> list[tuple[list[float], float]]:
-    """Ranked proposals ``[([start_s, end_s], score), ...]`` after greedy NMS: a proposal is dropped
-    when its IoU with a better kept one exceeds ``nms_iou`` (TFVTG keeps 0.3). Frames ``s..e`` become
-    seconds ``[s/fps, e/fps]`` (frame t = second t at 1 fps). ``score_kwargs`` → :func:`tfvtg_scores`.
+    """Ranked proposals ``[([start_s, end_s], score), ...]`` after greedy NMS (:func:`d2lib.core.spans.nms`):
+    a proposal is dropped when its IoU with a better kept one exceeds ``nms_iou`` (TFVTG keeps 0.3). The
+    candidates are the spans with a finite score (:func:`tfvtg_scores`); the IoU is taken on inclusive
+    frames as ``[s, e + 1)``, so one-frame spans have a length. Frames ``s..e`` become seconds
+    ``[s/fps, e/fps]`` (frame t = second t at 1 fps). ``score_kwargs`` → :func:`tfvtg_scores`.
     Ties keep the earlier (shorter) span.
 
     >>> [p for p, _ in tfvtg_proposals([0, 1, 1, 0, 0, 0, 0, 1, 1, 0], top_k=2, sigma=0, width=1)]
     [[1.0, 2.0], [7.0, 8.0]]
     """
     S = tfvtg_scores(sim, **score_kwargs)
-    T = S.shape[0]
-    if T == 0:
-        return []
-    order = np.argsort(-S, axis=None, kind="stable")
-    kept: list[tuple[list[float], float]] = []
-    for flat in order:
-        score = float(S.flat[flat])
-        if not np.isfinite(score):
-            break
-        s, e = divmod(int(flat), T)
-        span = [s / fps, e / fps]
-        # IoU on inclusive frames: [s, e+1) so that one-frame spans have a length
-        if all(iou([s, e + 1], [p[0] * fps, p[1] * fps + 1]) <= nms_iou for p, _ in kept):
-            kept.append((span, score))
-            if len(kept) >= top_k:
-                break
-    return kept
+    s, e = np.nonzero(np.isfinite(S))  # row-major: ties in score keep (start, end) order
+    keep = nms(np.stack([s, e + 1], 1), S[s, e], nms_iou, top_k)
+    return [([int(s[k]) / fps, int(e[k]) / fps], float(S[s[k], e[k]])) for k in keep]
 
 
 def tfvtg_span(sim: Sequence[float], fps: float = 1.0, **score_kwargs) -> list[float]:

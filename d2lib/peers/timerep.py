@@ -1,7 +1,10 @@
 """How a video-LLM is told *when* — the time representations of the peer systems (lesson ``08_peers``).
 
 D²VLM points at frames with ``<evi>`` tokens; the peers write or show time in other ways. Each one is a
-switch on :class:`d2lib.vlm.model.Variant` (defaults off) and lives here as small pure functions:
+switch on :class:`d2lib.vlm.model.Variant` (defaults off) and lives here as small pure functions;
+:class:`PeerTimes` puts a variant's switches behind the core's time-representation hooks
+(:class:`d2lib.vlm.tokens.TimeRep`): it is what the core resolves a variant with a time switch on to
+(:data:`d2lib.vlm.tokens.TIME_PLUGIN`):
 
 - **NumPro** (``frame_numbers``): the frame number drawn onto each frame in red digits at the bottom
   right (:func:`draw_frame_numbers`, our own 3×5 pixel font scaled to the frame — no font download),
@@ -39,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from d2lib.core.spans import format_span
+from d2lib.vlm.tokens import TimeRep
 
 TIME_FORMATS = ("seconds", "relative", "time_tokens", "frame_number")
 
@@ -348,7 +352,58 @@ class TimestampEmbedding(nn.Module):
         return tokens + emb.to(tokens.dtype)
 
 
+# --------------------------------------------------------------------------------------------
+# The variant's time switches behind the core's hooks
+# --------------------------------------------------------------------------------------------
+class PeerTimes(TimeRep):
+    """A variant's time switches as a :class:`d2lib.vlm.tokens.TimeRep`: ``time_format`` writes and reads
+    the text times, ``frame_numbers`` draws the numbers and adds NumPro's prompt line,
+    ``time_separators`` puts ``second{t}`` before each frame token, ``time_embedding`` gives the model
+    a :class:`TimestampEmbedding` (``time_embed``). With every switch off it writes seconds, as the core.
+
+    >>> from types import SimpleNamespace as V
+    >>> t = PeerTimes(V(time_format="frame_number", frame_numbers=True))
+    >>> t.format_span([3, 7]), t.read_times("in from 3 to 7.", fps=1.0), t.question("When?")[:7]
+    ('from 3 to 7', 'in 3 - 7.', 'The red')
+    """
+
+    def __init__(self, variant):
+        self.variant = variant
+        self.time_format = getattr(variant, "time_format", "seconds")
+        self.frame_numbers = bool(getattr(variant, "frame_numbers", False))
+        self.reads_pixels = self.frame_numbers
+        self.separators = bool(getattr(variant, "time_separators", False))
+        self.module_name = "time_embed" if getattr(variant, "time_embedding", False) else None
+
+    def prepare_tokenizer(self, tokenizer) -> list[int]:
+        return prepare_tokenizer(tokenizer, self.variant)
+
+    def format_span(self, span, duration=None, fps=1.0) -> str:
+        return format_span_as(span, self.time_format, duration, fps)
+
+    def read_times(self, text, duration=None, fps=1.0) -> str:
+        return to_seconds_text(text, self.time_format, duration, fps)
+
+    def question(self, question: str) -> str:
+        return f"{NUMPRO_LINE} {question}" if self.frame_numbers else question
+
+    def separator(self, second: float) -> str:
+        return separator_text(second)
+
+    def draw_frames(self, frames):
+        """NumPro: frames (B, T, H, W, 3) with frame t numbered t (at 1 fps, second t)."""
+        if not self.frame_numbers:
+            return frames
+        B, T = frames.shape[:2]
+        return draw_frame_numbers(frames.flatten(0, 1), list(range(T)) * B).unflatten(0, (B, T))
+
+    def module(self, dim: int, current=None):
+        if self.module_name is None:
+            return None
+        return current if isinstance(current, TimestampEmbedding) else TimestampEmbedding(dim)
+
+
 __all__ = ["TIME_FORMATS", "TIME_TOKENS", "NUMPRO_LINE", "FONT", "digit_scale", "number_mask", "number_box",
            "draw_frame_numbers", "read_frame_number", "red_ink", "prompt_question", "to_relative", "from_relative",
            "to_time_tokens", "from_time_tokens", "format_time", "format_span_as", "to_seconds_text",
-           "separator_text", "required_texts", "prepare_tokenizer", "sinusoid", "TimestampEmbedding"]
+           "separator_text", "required_texts", "prepare_tokenizer", "sinusoid", "TimestampEmbedding", "PeerTimes"]

@@ -10,6 +10,10 @@ D²VLM gives the LM one token per second. The peers spend fewer, and each is a s
   average) until ``merge_budget`` tokens are left (:func:`merge_adjacent`); decided by the model.
 - **VideoLLaMA2 STC** (``stc_stride``): a strided 1-D convolution over time (:class:`STCPool`).
 
+Each is a :class:`d2lib.vlm.tokens.TokenBudget` (:class:`DiffFP`, :class:`MovieChat`, :class:`STC`):
+:func:`for_variant` is what the core resolves a variant with a budget switch on to
+(:data:`d2lib.vlm.tokens.BUDGET_PLUGIN`).
+
 Times stay in seconds: the grounding heads and their targets are per second, and each second t maps
 to the frame token that covers it — ``token_of_frame`` (T,) long. The model reads the LM's states of
 the frame tokens, gathers them back per second (a second reads its covering token), and scores
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from d2lib.vlm.tokens import PLAIN, TokenBudget
 
 
 def _demo_variant(**kw):  # a duck-typed variant for the doctests (the real one is d2lib.vlm.model.Variant)
@@ -154,6 +160,96 @@ def stc_map(n_frames: int, stride: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# The mechanisms behind the core's token-budget hooks
+# --------------------------------------------------------------------------------------------
+class _Fixed(TokenBudget):
+    """A budget whose layout is fixed before the model runs: the slots are those of ``token_map``."""
+
+    plain = False
+
+    def n_tokens(self, n_frames: int, keep=None) -> int:
+        tmap = self.token_map(n_frames, keep)
+        return int(tmap.max()) + 1 if len(tmap) else 0
+
+
+class DiffFP(_Fixed):
+    """VideoLLaMA3's DiffFP: one slot per kept frame; a dropped second reads the last kept one.
+    ``keep`` (:meth:`keep_masks`, from the pixels) decides the layout."""
+
+    reads_pixels = True
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def token_map(self, n_frames: int, keep=None) -> torch.Tensor:
+        if keep is None:
+            raise ValueError("params key 'variants.*.frame_select': 'diff' needs the keep mask of the video's "
+                             "frames (d2lib.peers.tokenbudget.diff_keep_mask): give uint8 frames, not tower features")
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        if len(keep) != n_frames:
+            raise ValueError(f"keep mask has {len(keep)} frames, the video {n_frames}")
+        return map_from_keep(keep)
+
+    def keep_masks(self, videos: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for v, f in videos.items():
+            if torch.as_tensor(f).dtype != torch.uint8:
+                raise ValueError("params key 'variants.*.frame_select': 'diff' compares pixels — pass uint8 frames "
+                                 f"(video {v!r} holds {torch.as_tensor(f).dtype} features)")
+            out[v] = diff_keep_mask(f, self.threshold)
+        return out
+
+
+class STC(_Fixed):
+    """VideoLLaMA2's STC: slot k pools seconds [k·stride, (k+1)·stride) with the model's ``stc``
+    (:class:`STCPool`)."""
+
+    module_name = "stc"
+
+    def __init__(self, stride: int):
+        self.stride = stride
+
+    def token_map(self, n_frames: int, keep=None) -> torch.Tensor:
+        return stc_map(n_frames, self.stride)
+
+    def module(self, dim: int, current=None):
+        return current if getattr(current, "stride", None) == self.stride else STCPool(dim, self.stride)
+
+    def slot_tokens(self, frame_tok, frame_mask, n_slots, token_of_frame=None, module=None):
+        if token_of_frame is None:
+            raise ValueError("this layout needs token_of_frame (from d2lib.vlm.tokens.collate)")
+        x = frame_tok * frame_mask[..., None].to(frame_tok.dtype)  # a video's last window: zeros, not padding
+        return module(x)[:, :n_slots], token_of_frame
+
+
+class MovieChat(TokenBudget):
+    """MovieChat: ``budget`` slots per video (fewer seconds: one each); which seconds a slot covers is
+    decided in the model by merging similar adjacent frame tokens (:func:`merge_adjacent`)."""
+
+    plain = False
+
+    def __init__(self, budget: int):
+        self.budget = budget
+
+    def token_map(self, n_frames: int, keep=None) -> None:
+        return None
+
+    def n_tokens(self, n_frames: int, keep=None) -> int:
+        return min(n_frames, self.budget)
+
+    def slot_tokens(self, frame_tok, frame_mask, n_slots, token_of_frame=None, module=None):
+        B, T, H = frame_tok.shape
+        out = frame_tok.new_zeros(B, n_slots, H)
+        tof = torch.zeros(B, T, dtype=torch.long, device=frame_tok.device)
+        for b in range(B):
+            n = int(frame_mask[b].sum())
+            merged, group = merge_adjacent(frame_tok[b, :n], self.budget)
+            out[b, : len(merged)] = merged
+            tof[b, :n] = group
+        return out, tof
+
+
+# --------------------------------------------------------------------------------------------
 # Per-variant layout: how many tokens, and which covers each second
 # --------------------------------------------------------------------------------------------
 def mechanism(variant) -> str:
@@ -167,51 +263,45 @@ def mechanism(variant) -> str:
     return "all"
 
 
+def for_variant(variant) -> TokenBudget:
+    """The token budget of ``variant`` (the core's :data:`d2lib.vlm.tokens.PLAIN` for ``"all"``).
+
+    >>> type(for_variant(_demo_variant(stc_stride=2))).__name__, for_variant(_demo_variant()) is PLAIN
+    ('STC', True)
+    """
+    mech = mechanism(variant)
+    if mech == "diff":
+        return DiffFP(variant.diff_threshold)
+    if mech == "merge":
+        return MovieChat(variant.merge_budget)
+    if mech == "stc":
+        return STC(variant.stc_stride)
+    return PLAIN
+
+
 def needs_pixels(variant) -> bool:
     """True when the layout depends on pixels (DiffFP) or the pixels change (NumPro): such a row must
     read uint8 frames, not a tower-feature cache computed from other pixels."""
-    return mechanism(variant) == "diff" or bool(_sw(variant, "frame_numbers", False))
+    from d2lib.vlm.tokens import reads_pixels
+
+    return reads_pixels(variant)
 
 
 def token_map(variant, n_frames: int, keep=None) -> torch.Tensor | None:
     """(T,) long token of each second when the layout is fixed before the model runs; ``None`` for
     MovieChat (the model merges by similarity). DiffFP needs ``keep`` (:func:`diff_keep_mask`)."""
-    mech = mechanism(variant)
-    if mech == "diff":
-        if keep is None:
-            raise ValueError("params key 'variants.*.frame_select': 'diff' needs the keep mask of the video's "
-                             "frames (d2lib.peers.tokenbudget.diff_keep_mask): give uint8 frames, not tower features")
-        keep = torch.as_tensor(keep, dtype=torch.bool)
-        if len(keep) != n_frames:
-            raise ValueError(f"keep mask has {len(keep)} frames, the video {n_frames}")
-        return map_from_keep(keep)
-    if mech == "stc":
-        return stc_map(n_frames, variant.stc_stride)
-    if mech == "merge":
-        return None
-    return torch.arange(n_frames)
+    return for_variant(variant).token_map(n_frames, keep)
 
 
 def n_tokens(variant, n_frames: int, keep=None) -> int:
     """How many frame tokens of a video of ``n_frames`` seconds reach the LM (``<video>`` slots)."""
-    if mechanism(variant) == "merge":
-        return min(n_frames, variant.merge_budget)
-    tmap = token_map(variant, n_frames, keep)
-    return int(tmap.max()) + 1 if len(tmap) else 0
+    return for_variant(variant).n_tokens(n_frames, keep)
 
 
 def keep_masks(variant, videos: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """``{video: (T,) bool}`` DiffFP keep masks of uint8 frame caches, or ``None`` when the variant
     does not select frames."""
-    if mechanism(variant) != "diff":
-        return None
-    out = {}
-    for v, f in videos.items():
-        if torch.as_tensor(f).dtype != torch.uint8:
-            raise ValueError("params key 'variants.*.frame_select': 'diff' compares pixels — pass uint8 frames "
-                             f"(video {v!r} holds {torch.as_tensor(f).dtype} features)")
-        out[v] = diff_keep_mask(f, variant.diff_threshold)
-    return out
+    return for_variant(variant).keep_masks(videos)
 
 
 def tokens_kept(variant, videos: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -233,15 +323,6 @@ def budget_summary(variant, videos: Mapping[str, torch.Tensor]) -> dict:
     return {"videos": len(kept), "seconds": secs, "tokens": toks, "ratio": toks / secs if secs else math.nan}
 
 
-def pad_maps(maps: Sequence[torch.Tensor | None], T: int) -> torch.Tensor | None:
-    """Stack per-example (T_i,) token maps into (B, T) long (0 past a video's end); ``None`` if any is."""
-    if any(m is None for m in maps):
-        return None
-    out = torch.zeros(len(maps), T, dtype=torch.long)
-    for b, m in enumerate(maps):
-        out[b, : len(m)] = m
-    return out
-
-
-__all__ = ["frame_diffs", "diff_keep_mask", "map_from_keep", "merge_adjacent", "STCPool", "stc_map", "mechanism",
-           "needs_pixels", "token_map", "n_tokens", "keep_masks", "tokens_kept", "budget_summary", "pad_maps"]
+__all__ = ["frame_diffs", "diff_keep_mask", "map_from_keep", "merge_adjacent", "STCPool", "stc_map", "DiffFP", "STC",
+           "MovieChat", "mechanism", "for_variant", "needs_pixels", "token_map", "n_tokens", "keep_masks", "tokens_kept",
+           "budget_summary"]

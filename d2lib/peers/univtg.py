@@ -145,17 +145,15 @@ def decode(score: torch.Tensor, off: torch.Tensor, duration: float, fps: float =
 
 def proposals(score: torch.Tensor, off: torch.Tensor, duration: float, top_k: int = 5, nms_iou: float = 0.5,
               fps: float = 1.0) -> list[tuple[list[float], float]]:
-    """Top-``top_k`` proposals after greedy NMS at ``nms_iou``: ``[(span, score), ...]`` best first."""
-    from d2lib.core.spans import iou
+    """Top-``top_k`` proposals after greedy NMS at ``nms_iou`` (:func:`d2lib.core.spans.nms`):
+    ``[(span, score), ...]`` best first. ``score`` (T,), ``off`` (T, 2); each frame's span
+    (:func:`frame_proposals`) is clipped to ``[0, duration]``; equal scores keep the earlier frame, so
+    the first proposal is :func:`decode`'s span."""
+    from d2lib.core.spans import nms
 
     spans = frame_proposals(off, fps).clamp(0.0, float(duration)).tolist()
-    out: list[tuple[list[float], float]] = []
-    for t in torch.argsort(score, descending=True).tolist():
-        if all(iou(spans[t], s) <= nms_iou for s, _ in out):
-            out.append((spans[t], float(score[t])))
-        if len(out) >= top_k:
-            break
-    return out
+    scores = score.tolist()
+    return [(spans[t], float(scores[t])) for t in nms(spans, scores, nms_iou, top_k)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,13 +460,13 @@ def predict(model: UniVTG, records: Sequence[Mapping], feats: Mapping[str, torch
 
 
 def save(model: UniVTG, folder: str | Path) -> Path:
-    """``folder/univtg.pt`` (state dict + config + sizes) — small enough to keep in the cell."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    p = folder / "univtg.pt"
-    torch.save({"cfg": dataclasses.asdict(model.cfg), "vocab_size": model.word.num_embeddings,
-                "feat_dim": model.feat_dim, "max_frames": model.max_frames, "state": model.state_dict()}, p)
-    return p
+    """``folder/univtg.pt`` (state dict + config + sizes), written atomically — small enough to keep in the cell."""
+    from d2lib.core import io
+
+    p = Path(folder) / "univtg.pt"
+    obj = {"cfg": dataclasses.asdict(model.cfg), "vocab_size": model.word.num_embeddings,
+           "feat_dim": model.feat_dim, "max_frames": model.max_frames, "state": model.state_dict()}
+    return io.save_torch(obj, p)
 
 
 def load(folder: str | Path) -> UniVTG:

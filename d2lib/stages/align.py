@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from d2lib.training import data, train, videotext
-from d2lib.world import datasets
+from d2lib.world.records import SPLITS
 from d2lib.vlm import infer
-from d2lib.core import paths, spans, timing
+from d2lib.core import io, paths, spans, timing
 from d2lib.vlm.model import D2VLM, ModelConfig
 from d2lib.training.train import AlignConfig, StageResult
 
@@ -49,6 +49,14 @@ def tokenizer_dir(out_dir: str | Path | None = None) -> Path:
 def model_dir(out_dir: str | Path | None = None) -> Path:
     """The aligned model (``D2VLM.from_pretrained`` loads it)."""
     return Path(out_dir or out_dir_default()) / "final"
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """``tokenizer.save_pretrained(folder)`` as one atomic step (:func:`d2lib.core.io.atomic_dir`): a crash
+    leaves the previous tokenizer folder or the new one, never a mix of the two."""
+    with io.atomic_dir(folder) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return Path(folder)
 
 
 def build_model(model_cfg: ModelConfig, tokenizer, seed: int = 0) -> D2VLM:
@@ -123,7 +131,7 @@ def make_eval_fn(val_records, val_frames, tokenizer, cfg: AlignConfig):
 
 
 def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = None, progress: bool = True,
-        resume: bool = False, feature_splits=datasets.SPLITS) -> AlignResult:
+        resume: bool = False, feature_splits=SPLITS) -> AlignResult:
     """Train the aligned base model and cache the frozen tower's features (module docstring).
 
     ``resume=False`` starts over (a DVC stage always does); ``True`` continues from the newest
@@ -135,7 +143,7 @@ def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = N
     t0 = time.perf_counter()
     train_recs = data.load_records("train")
     tok = data.train_tokenizer(train_recs, max_seconds=model_cfg.max_frames)
-    tok.save_pretrained(str(tokenizer_dir(out_dir)))
+    save_tokenizer(tok, tokenizer_dir(out_dir))
     frames = data.load_frames("train", {r["video"] for r in data.select_tasks(train_recs, cfg.tasks)})
     val_recs = data.load_records("val")
     val_frames = data.load_frames("val")
@@ -175,5 +183,5 @@ def load(out_dir: str | Path | None = None):
     return model, load_tokenizer(tokenizer_dir(out_dir))
 
 
-__all__ = ["AlignResult", "run", "load", "build_model", "align_examples", "video_captions", "AlignCollator",
+__all__ = ["AlignResult", "run", "load", "save_tokenizer", "build_model", "align_examples", "video_captions", "AlignCollator",
            "make_eval_fn", "tokenizer_dir", "model_dir"]

@@ -42,8 +42,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from d2lib.evaluation import baselines, formats, metrics
-from d2lib.core import paths, stats, timing
+from d2lib.evaluation import baselines, captioning, formats, metrics
+from d2lib.evaluation.record_metrics import RECORD_METRICS
+from d2lib.core import io, paths, stats, timing
 from d2lib.core.config import check
 from d2lib.core.parsing import EVIDENCE_DELIMITER, parse_spans, split_evidence
 from d2lib.core.spans import iou, iou_matrix, order_span
@@ -431,13 +432,13 @@ def record_rows(system: str, answered: Sequence[Mapping], delimiter: str | None,
 # --------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8192)
 def _minilm_cached(texts: tuple[str, ...]) -> np.ndarray:
-    out = metrics.load_minilm()(list(texts))
+    out = captioning.load_minilm()(list(texts))
     out.setflags(write=False)  # shared between callers
     return out
 
 
 def minilm_embed(texts) -> np.ndarray:
-    """The MiniLM sentence embeddings of ``metrics`` ("minilm"), memoised per list of texts: scoring a
+    """The MiniLM sentence embeddings of ``captioning`` ("minilm"), memoised per list of texts: scoring a
     system and building its per-record rows embed the same (answer, options) lists — once each now."""
     return _minilm_cached(tuple(texts))
 
@@ -446,8 +447,8 @@ def _scorers(caption_metrics: bool, meteor: bool = True):
     """``(embed, captioner)`` for :mod:`d2lib.evaluation.metrics`: MiniLM + METEOR/PTB (Java), or neither; with
     ``meteor=False`` MiniLM only (no Java: METEOR/SODA_c not computed)."""
     if caption_metrics:
-        return minilm_embed, metrics.get_caption_scorer() if meteor else metrics.get_caption_scorer(use_java=False)
-    return None, metrics.get_caption_scorer(use_java=False)
+        return minilm_embed, captioning.get_caption_scorer() if meteor else captioning.get_caption_scorer(use_java=False)
+    return None, captioning.get_caption_scorer(use_java=False)
 
 
 def _ci(values, n_boot, level, seed) -> dict | None:
@@ -460,7 +461,9 @@ def _ci(values, n_boot, level, seed) -> dict | None:
 
 def headline_cis(rows: Sequence[Mapping], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                  evidence: bool = False) -> dict[str, dict]:
-    """Bootstrap CIs (resampling records) of the headline numbers from :func:`record_rows` rows.
+    """Bootstrap CIs (resampling records) of the headline numbers from :func:`record_rows` rows: one per
+    metric of :data:`d2lib.evaluation.record_metrics.RECORD_METRICS` (what each metric is per record) whose tasks
+    are answered, in its order.
 
     Keys: ``F1(gnd)`` (stratified over tvg and tal, :func:`d2lib.core.stats.mean_of_means_ci`), ``tvg.F1``,
     ``tal.F1``, ``rar.Acc``, ``gvq.Acc``, ``gvq.mRec``, ``charades.R1@{0.3,0.5,0.7}``, ``charades.mIoU``,
@@ -471,28 +474,17 @@ def headline_cis(rows: Sequence[Mapping], n_boot: int = 1000, level: float = 0.9
         by.setdefault(r["task"], []).append(r)
     kw = {"n_boot": n_boot, "level": level, "seed": seed}
     out: dict[str, dict] = {}
-    th = metrics.ETB_THRESHOLDS
-    gnd = [[r["score"] for r in by[t]] for t in ("tvg", "tal") if t in by]
-    if gnd:
-        ci = stats.mean_of_means_ci(gnd, **kw)
-        out["F1(gnd)"] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
-    if "tvg" in by:
-        tvg = by["tvg"]
-        out["tvg.F1"] = _ci([r["score"] for r in tvg], **kw)
-        if evidence:
-            out["tvg.F1_evi"] = _ci([float(np.mean([r["iou_evi"] >= t for t in th])) for r in tvg], **kw)
-        for t in metrics.CHARADES_THRESHOLDS:
-            out[f"charades.R1@{t}"] = _ci([float(r["iou_charades"] >= t) for r in tvg], **kw)
-        out["charades.mIoU"] = _ci([r["iou_charades"] for r in tvg], **kw)
-    if "tal" in by:
-        out["tal.F1"] = _ci([r["score"] for r in by["tal"]], **kw)
-    if "rar" in by:
-        out["rar.Acc"] = _ci([float(r["correct"]) for r in by["rar"]], **kw)
-    if "gvq" in by:
-        out["gvq.Acc"] = _ci([float(r["correct"]) for r in by["gvq"]], **kw)
-        out["gvq.mRec"] = _ci([r["score"] for r in by["gvq"]], **kw)
-    if "dvc" in by:
-        out["youcook2.F1"] = _ci([r["score"] for r in by["dvc"]], **kw)
+    for key, m in RECORD_METRICS.items():
+        if m.evidence and not evidence:
+            continue
+        groups = [[m.value(r) for r in by[t]] for t in m.tasks if t in by]
+        if not groups:
+            continue
+        if len(m.tasks) > 1:  # merged over tasks: the mean of the task means, resampled within each task
+            ci = stats.mean_of_means_ci(groups, **kw)
+            out[key] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+        else:
+            out[key] = _ci(groups[0], **kw)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -630,14 +622,14 @@ def evaluate_model(name: str, records: Sequence[Mapping], frames: Mapping, metas
     """A trained model: its own tower encodes each video once, then :func:`d2lib.vlm.infer.predict`."""
     from d2lib.training import data
     from d2lib.vlm import infer
-    from d2lib.peers import tokenbudget
+    from d2lib.vlm.tokens import token_budget
 
     t0 = time.perf_counter()
     model, tok, mdir = load_model(name)
     used = {v: frames[v] for v in {r["video"] for r in records}}
     feats = data.tower_features(model, used, progress=progress)
     answered = infer.predict(model, records, feats, tok, batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens, keep=tokenbudget.keep_masks(model.variant, used))
+                             max_new_tokens=cfg.max_new_tokens, keep=token_budget(model.variant).keep_masks(used))
     res = evaluate_system(system_name(name), "model", answered, answer_delimiter(model.variant), metas, cfg,
                           out_root, time.perf_counter() - t0)
     res.metrics["model_dir"] = str(Path(mdir).relative_to(paths.repo_root())) if Path(mdir).is_relative_to(paths.repo_root()) else str(mdir)
@@ -727,12 +719,12 @@ def run(cfg: EvaluateConfig, out_root: str | Path | None = None, records: Sequen
     timing log ``timing_name`` as ``<system>_s`` (``None``: not logged).
     """
     from d2lib.training import data
-    from d2lib.world import datasets
+    from d2lib.world.records import load_shapes, shapes_split_dir
 
     _set_threads(cfg.num_threads)
     out_root = Path(out_root) if out_root is not None else paths.artifacts("evaluate")
     if records is None or metas is None:
-        split = datasets.load_shapes(datasets.shapes_split_dir(cfg.split), check_videos=False)
+        split = load_shapes(shapes_split_dir(cfg.split), check_videos=False)
         records = split.records if records is None else records
         metas = split.metas if metas is None else metas
     records = select_records(records, cfg.tasks, cfg.max_videos)
@@ -771,11 +763,8 @@ def write_outputs(results: Mapping[str, SystemResult], cfg: EvaluateConfig, metr
 
     rows_path = Path(rows_path) if rows_path else paths.artifacts("plots", "evaluate_records.csv")
     results_path, _ = headline.write("evaluate", metrics_json(results, cfg), metrics_path)
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame([row for res in results.values() for row in res.rows])
-    tmp = rows_path.with_name(rows_path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(rows_path)
+    io.write_csv(df, rows_path, index=False)
     return results_path, rows_path
 
 

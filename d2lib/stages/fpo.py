@@ -62,7 +62,7 @@ from torch import nn
 
 from d2lib.training import data, preference, train
 from d2lib.vlm import infer, lora, tokens
-from d2lib.core import paths, timing
+from d2lib.core import io, paths, timing
 from d2lib.stages import sft
 from d2lib.core.config import check
 from d2lib.core.losses import fpo_loss, grounding_loglik, response_logprob, sequence_logprob
@@ -638,10 +638,7 @@ def _write_pair_rows(path: Path, before: Sequence[Mapping], after: Sequence[Mapp
         b = pd.DataFrame(list(before))
         for c in ("text_c", "text_r", "ground_c", "ground_r"):
             df[f"before_{c}"] = b[c]
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return io.write_csv(df, path)
 
 
 def export_plots(res: FPOResult, plots_dir: str | Path | None = None) -> dict[str, Path]:
@@ -664,7 +661,7 @@ def export_plots(res: FPOResult, plots_dir: str | Path | None = None) -> dict[st
                         if k in ("acc", "acc_grounding", "acc_text", "margin")}})
     keep = lambda k: k.startswith("val_")  # noqa: E731
     rows += [{"step": int(r["step"]), **{k: v for k, v in r.items() if keep(k)}} for r in res.fit.val]
-    out["val"] = _csv(pd.DataFrame(rows), d / "fpo_val.csv")
+    out["val"] = io.write_csv(pd.DataFrame(rows), d / "fpo_val.csv")
     before = {r["type"]: r for r in accuracy_table(res.pairs_before, beta)} if res.pairs_before else {}
     table = []
     for r in accuracy_table(res.pairs_after, beta):
@@ -672,15 +669,8 @@ def export_plots(res: FPOResult, plots_dir: str | Path | None = None) -> dict[st
         table.append({"type": r["type"], "family": r["family"], "n": r["n"],
                       "acc_before": b.get("acc"), "acc_after": r["acc"],
                       "acc_text_before": b.get("acc_text"), "acc_text_after": r["acc_text"]})
-    out["types"] = _csv(pd.DataFrame(table), d / "fpo_types.csv")
+    out["types"] = io.write_csv(pd.DataFrame(table), d / "fpo_types.csv")
     return out
-
-
-def _csv(df, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
 
 
 __all__ = ["FPOConfig", "FAMILIES", "TYPES", "PAIR_TASKS", "method_name", "grounding_terms", "response_logps",

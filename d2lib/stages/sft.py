@@ -24,7 +24,6 @@ from d2lib.stages import align
 from d2lib.training import data, train
 from d2lib.vlm import infer, lora, tokens
 from d2lib.core import paths, timing
-from d2lib.peers import timerep, tokenbudget
 from d2lib.vlm.model import D2VLM, Variant
 from d2lib.training.train import SFTConfig, StageResult
 
@@ -44,7 +43,8 @@ def prepare_model(model: D2VLM, cfg: SFTConfig, variant: Variant, seed: int) -> 
     LoRA on ``cfg.lora.target_modules`` + ``cfg.head_modules`` fully (:func:`d2lib.vlm.lora.prepare_for_lora`);
     without, everything but the vision tower. The tower is frozen (its features are cached) unless
     ``cfg.train_tower``; then it trains fully at ``cfg.lr`` on frames."""
-    model.variant = variant
+    torch.manual_seed(seed)  # a peer's new module (TimeChat's time embedding) is drawn here, from the seed
+    model.variant = variant  # (not from whatever loading the aligned model left in the generator)
     torch.manual_seed(seed)  # LoRA's A matrices are drawn here
     if cfg.lora.enabled:
         lora.prepare_for_lora(model, cfg.lora, full_modules=cfg.head_modules, lm_attr="lm", section=cfg.section)
@@ -63,10 +63,10 @@ def prepare_model(model: D2VLM, cfg: SFTConfig, variant: Variant, seed: int) -> 
 
 def prepare_vocabulary(model: D2VLM, tokenizer, variant: Variant) -> list[int]:
     """Add what ``variant`` writes to the aligned tokenizer (VTG-LLM time tokens, words the tiny
-    tokenizer lacks — :func:`d2lib.peers.timerep.prepare_tokenizer`) and give the LM mean-initialised
+    tokenizer lacks — the time representation's ``prepare_tokenizer``) and give the LM mean-initialised
     embedding rows for them (:func:`d2lib.vlm.tokens.mean_init_rows`). Returns the new ids (none for
     every D²VLM row). Call before :func:`prepare_model` (LoRA copies the embeddings)."""
-    new_ids = timerep.prepare_tokenizer(tokenizer, variant)
+    new_ids = tokens.time_rep(variant).prepare_tokenizer(tokenizer)
     tokens.mean_init_rows(model.lm, new_ids)
     return new_ids
 
@@ -111,7 +111,7 @@ def make_eval_fn(val_records, val_feats, tokenizer, cfg: SFTConfig):
 def load_inputs(cfg: SFTConfig, train_videos, align_dir=None, variant: Variant | None = None) -> tuple[dict, dict]:
     """What the model reads for (train, val): the frozen tower's cached features (written by align), or
     uint8 frames when ``cfg.train_tower`` or the variant needs pixels (NumPro, DiffFP: lesson 08_peers)."""
-    if cfg.train_tower or (variant is not None and tokenbudget.needs_pixels(variant)):
+    if cfg.train_tower or (variant is not None and tokens.reads_pixels(variant)):
         return data.load_frames("train", train_videos), data.load_frames("val")
     root = Path(align_dir) if align_dir else None
     return (data.load_features(data.features_path("train", root), train_videos),
@@ -141,7 +141,7 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     t0 = time.perf_counter()
     model, tok = align.load(align_dir)
     if prepare_vocabulary(model, tok, variant):  # later stages find it next to final/ (evaluate.tokenizer_dir)
-        tok.save_pretrained(str(out_dir / "tokenizer"))
+        align.save_tokenizer(tok, out_dir / "tokenizer")
     prepare_model(model, cfg, variant, seed)
     train_recs = data.select_tasks(data.load_records("train"), cfg.tasks)
     val_recs = [r for r in data.load_records("val") if r["task"] == "tvg"]

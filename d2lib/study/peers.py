@@ -24,9 +24,10 @@ One process per cell: ``python -m d2lib.study.peers cell --row R --seed S`` → 
 frame tokens per prompt, frames per video); its wall times go to the timing log ``peers/<row>/<seed>``
 (:mod:`d2lib.core.timing`). ``python -m d2lib.study.peers aggregate`` (stage ``peers_aggregate``) writes
 ``artifacts/results/peers.json`` (headline numbers: ``artifacts/metrics/peers.json``) and ``artifacts/plots/peers_table.csv``: accuracy (tvg R@1@0.3/0.5/0.7,
-mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos, the costs the code and
-data decide (frame tokens per video, training steps, trainable parameters) and the seeds used; a paired
-comparison of every row with ``peers.baseline`` and a statement computed from them. Wall times (training,
+mIoU, tvg F1; dvc F1) with t-intervals over seeds and a bootstrap over test videos (the ablation's table,
+:func:`d2lib.study.aggregate.summarize`), the costs the code and data decide (frame tokens per video,
+training steps, trainable parameters) and the seeds used; a paired comparison of every row with
+``peers.baseline`` (:func:`d2lib.study.claims.compare`) and a statement computed from them. Wall times (training,
 inference per query) are this machine's, not the row's: ``python -m d2lib.tools.bench`` reports them from the
 timing logs.
 
@@ -57,9 +58,10 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from d2lib.study import ablation
-from d2lib.core import paths, timing
+from d2lib.core import io, paths, timing
 from d2lib.core.config import check
+from d2lib.study import ablation, claims
+from d2lib.study import aggregate as ablation_aggregate
 from d2lib.peers.univtg import ROW as UNIVTG, UniVTGConfig
 
 _PROCESS_START = time.time()
@@ -195,10 +197,8 @@ def cell_dir(row: str, seed: int, root: str | Path | None = None) -> Path:
 def source_dir(pcfg: PeersConfig, row: str, seed: int, root: str | Path | None = None,
                ablation_root: str | Path | None = None) -> Path:
     """Where a table cell lives: ``artifacts/ablation/<row>/<seed>`` for a ``from_ablation`` row, else
-    :func:`cell_dir`."""
-    if row in pcfg.from_ablation:
-        return ablation.cell_dir(row, seed, ablation_root)
-    return cell_dir(row, seed, root)
+    :func:`cell_dir` (:func:`d2lib.study.aggregate.cell_folder`)."""
+    return ablation_aggregate.cell_folder(row, seed, root_dir(root), "peers", pcfg.from_ablation, ablation_root)
 
 
 # The schedule keys a reused ablation cell must share with the peers budget (what the table's numbers
@@ -247,10 +247,10 @@ def load_test(pcfg: PeersConfig, tasks: Sequence[str] = ("tvg",)):
     """``(records, frames, metas)`` of the test records of ``tasks`` on the first ``eval_max_videos`` videos
     (the LLM cells' videos)."""
     from d2lib.training import data
-    from d2lib.world import datasets
+    from d2lib.world.records import load_shapes, shapes_split_dir
     from d2lib.stages import evaluate
 
-    split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+    split = load_shapes(shapes_split_dir("test"), check_videos=False)
     records = evaluate.select_records(split.records, tasks, pcfg.eval_max_videos)
     return records, data.load_frames("test", {r["video"] for r in records}), split.metas
 
@@ -311,7 +311,7 @@ def run_univtg_cell(seed: int, pcfg: PeersConfig, out_dir: str | Path | None = N
 def _write_csv(rows: Sequence[Mapping], path: Path) -> None:
     import pandas as pd
 
-    ablation.write_csv_atomic(pd.DataFrame(list(rows)), path)
+    io.write_csv(pd.DataFrame(list(rows)), path)
 
 
 def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
@@ -338,43 +338,25 @@ def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
 # aggregate
 # ------------------------------------------------------------------------------------------------
 def load_cells(pcfg: PeersConfig, root: str | Path | None = None, ablation_root: str | Path | None = None) -> dict:
-    """``{(row, seed): metrics.json payload}`` of every cell of the table (a missing one is an error that
-    names its command); a ``from_ablation`` row's payload is its ablation cell's (checked by
-    :func:`check_reused`), marked ``source: "ablation"``."""
-    out = {}
-    for row, seed in pcfg.table_cells():
+    """``{(row, seed): metrics.json payload}`` of every cell of the table (:func:`d2lib.study.aggregate.load_cells`:
+    a missing one is an error that names its command); a ``from_ablation`` row's payload is its ablation
+    cell's (checked by :func:`check_reused`), marked ``source: "ablation"``."""
+    out = ablation_aggregate.load_cells(pcfg.table_cells(), root_dir(root), study="peers",
+                                        ablation_rows=pcfg.from_ablation, ablation_root=ablation_root)
+    for (row, seed), payload in out.items():
         reused = row in pcfg.from_ablation
-        p = source_dir(pcfg, row, seed, root, ablation_root) / "metrics.json"
-        if not p.is_file():
-            how = (f"ablation cell for peers.from_ablation row {row!r} (python -m d2lib.study.ablation cell --variant "
-                   f"{row} --seed {seed}; its seeds come from ablation.seeds)" if reused else
-                   f"peers cell (python -m d2lib.study.peers cell --row {row} --seed {seed})")
-            raise FileNotFoundError(f"{p}: missing {how}")
-        payload = json.loads(p.read_text())
         if reused:
-            check_reused(pcfg, row, seed, payload, p)
+            check_reused(pcfg, row, seed, payload, source_dir(pcfg, row, seed, root, ablation_root) / "metrics.json")
         payload["source"] = "ablation" if reused else "peers"
-        out[(row, seed)] = payload
     return out
 
 
-def load_records(cells: Mapping, root: str | Path | None = None, pcfg: PeersConfig | None = None,
+def load_records(cells: Mapping, pcfg: PeersConfig, root: str | Path | None = None,
                  ablation_root: str | Path | None = None):
-    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``); with ``pcfg``, the cells of its
-    ``from_ablation`` rows are read from the ablation and every cell keeps only ``pcfg.eval_tasks``."""
-    import pandas as pd
-
-    frames = []
-    for row, seed in cells:
-        folder = source_dir(pcfg, row, seed, root, ablation_root) if pcfg is not None else cell_dir(row, seed, root)
-        p = folder / "records.csv"
-        if p.is_file():
-            d = pd.read_csv(p)
-            if pcfg is not None:
-                d = d[d["task"].isin(list(pcfg.eval_tasks))]
-            d["row"], d["seed"] = row, int(seed)
-            frames.append(d)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """Every cell's records.csv as one DataFrame (+ ``row``, ``seed``; :func:`d2lib.study.aggregate.load_records`):
+    the ``from_ablation`` rows' cells read from the ablation, every cell's records of ``pcfg.eval_tasks`` only."""
+    return ablation_aggregate.load_records(cells, root_dir(root), "peers", pcfg.from_ablation, ablation_root,
+                                           tasks=pcfg.eval_tasks)
 
 
 def _trainable(cell: Mapping):
@@ -415,7 +397,7 @@ def results_table(per_seed, records, cells: Mapping, rows: Sequence[str], level:
     fractions), then :func:`costs`."""
     import pandas as pd
 
-    long = ablation.summarize(per_seed, records, level, n_boot, rows=rows, metrics=list(TABLE_METRICS))
+    long = ablation_aggregate.summarize(per_seed, records, level, n_boot, rows=rows, metrics=list(TABLE_METRICS))
     out = []
     for row in rows:
         d = long[long["row"] == row].set_index("metric")
@@ -468,7 +450,7 @@ def _num(v, digits: int) -> str:
 
 
 def comparisons(per_seed, records, rows: Sequence[str], baseline: str, level: float = 0.95, n_boot: int = 1000):
-    """Every row against ``baseline`` on :data:`COMPARE_METRICS` (:func:`d2lib.study.ablation.compare`: per-seed
+    """Every row against ``baseline`` on :data:`COMPARE_METRICS` (:func:`d2lib.study.claims.compare`: per-seed
     differences with a t-interval, and the paired video bootstrap); ``verdict``: ``higher``/``lower`` when
     every available interval excludes 0, else ``not resolved``."""
     import pandas as pd
@@ -478,8 +460,8 @@ def comparisons(per_seed, records, rows: Sequence[str], baseline: str, level: fl
         if row == baseline:
             continue
         for m in COMPARE_METRICS:
-            c = ablation.compare(per_seed, records, row, baseline, m, level, n_boot)
-            v = ablation.claim_verdict(c)
+            c = claims.compare(per_seed, records, row, baseline, m, level, n_boot)
+            v = claims.claim_verdict(c)
             c["verdict"] = {"reproduces": "higher", "contradicted": "lower"}.get(v, "not resolved")
             c["per_seed"] = json.dumps(c["per_seed"])
             out.append(c)
@@ -525,23 +507,24 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
     :mod:`d2lib.core.headline`) and ``peers_table.csv``; returns
     ``{"json", "table", "comparisons", "per_seed", "records"}``."""
     from d2lib.core import headline
+    from d2lib.evaluation.formats import json_safe
 
     t0 = time.perf_counter()
     cells = load_cells(pcfg, root, ablation_root)
-    per_seed = ablation.cells_frame(cells)
+    per_seed = ablation_aggregate.cells_frame(cells)
     per_seed["label"] = [label(r) for r in per_seed["row"]]
-    records = load_records(cells, root, pcfg, ablation_root)
+    records = load_records(cells, pcfg, root, ablation_root)
     own = {k: c for k, c in cells.items() if c.get("source") != "ablation"}
     rows = pcfg.all_rows()
     table = results_table(per_seed, records, cells, rows, pcfg.ci_level, pcfg.n_boot)
     comps = comparisons(per_seed, records, rows, pcfg.baseline, pcfg.ci_level, pcfg.n_boot)
     plots_dir = Path(plots_dir) if plots_dir is not None else paths.artifacts("plots", mkdir=False)
     metrics_path = Path(metrics_path) if metrics_path is not None else headline.metrics_path("peers")
-    ablation.write_csv_atomic(table, plots_dir / "peers_table.csv")
+    io.write_csv(table, plots_dir / "peers_table.csv")
     text = statement(table, comps, pcfg.baseline)
     obj = {
         "split": "test", "baseline": pcfg.baseline, "seeds": list(pcfg.seeds),
-        "schedule": {**pcfg.schedule(), **{"recorded": ablation.cell_schedule(own)}},
+        "schedule": {**pcfg.schedule(), **{"recorded": ablation_aggregate.cell_schedule(own)}},
         "from_ablation": {"rows": list(pcfg.from_ablation),
                           "note": "cells trained by the ablation with the same schedule (checked), scored here on "
                                   "peers.eval_tasks only"},
@@ -561,7 +544,7 @@ def aggregate(pcfg: PeersConfig, root: str | Path | None = None, metrics_path: s
         "not_applicable": {UNIVTG: ["F1(cap)"]} if UNIVTG in rows else {},
         "statement": text,
     }
-    headline.write("peers", ablation._clean(obj), metrics_path, results_path)
+    headline.write("peers", json_safe(obj), metrics_path, results_path)
     timing.log("peers_aggregate", seconds=time.perf_counter() - t0)
     return {"json": obj, "table": table, "comparisons": comps, "per_seed": per_seed, "records": records}
 

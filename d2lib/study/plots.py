@@ -1,9 +1,10 @@
 """Figures for the lessons (seaborn/matplotlib; ``dvc plots show`` draws the pipeline's CSVs as vega).
 
 Frame strips and span timelines first appear in lesson ``01_video_data``; heat-maps in
-``02_model``; loss curves in ``03_align``/``04_sft_lora``; result bars in ``06_evaluation``.
-Every function draws on a given ``ax`` (or makes one) and returns the figure or axes, so the
-widgets of ``d2lib.study.widgets`` can redraw them.
+``02_model``; loss curves in ``03_align``/``04_sft_lora``; result bars in ``06_evaluation``; the
+ablation's figures in ``07_ablations``. Every function draws on a given ``ax`` (or makes one) and
+returns the figure or axes, so the widgets of ``d2lib.study.widgets`` can redraw them; a figure the
+pipeline keeps is written atomically by :func:`d2lib.core.io.save_figure` (:func:`save_ablation_figures`).
 
 **One colour per variant.** :data:`VARIANT_COLORS` fixes the colour of every ablation row and peer
 system by its name, and :func:`variant_color` is the one lookup the lessons, the explorer, the DVC
@@ -15,26 +16,25 @@ True
 >>> variant_color("full (+consistency)") == VARIANT_COLORS["full"]  # a label resolves to its row
 True
 
-**Intervals that stay in the metric's range.** :func:`logit_t_interval` is the t-interval over seeds
-computed on the logit scale of the metric's range and mapped back, so a score in [0, 1] never gets an
-interval below 0 or above 1 (the plain t-interval of 3 seeds can):
-
->>> ci = logit_t_interval([0.0, 0.02, 0.3])
->>> 0.0 <= ci.low <= ci.estimate <= ci.high <= 1.0
-True
+**Intervals that stay in the metric's range.** :func:`seed_intervals` draws the t-interval over seeds
+computed on the logit scale of the metric's range (:func:`metric_range`) and mapped back
+(:func:`d2lib.core.stats.logit_t_interval`), so a score in [0, 1] never gets an interval below 0 or above
+1 (the plain t-interval of 3 seeds can).
 """
 from __future__ import annotations
 
-import math
 import sys
 import zlib
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from d2lib.core import io
 from d2lib.core.spans import format_span
+from d2lib.core.stats import logit_t_interval
 
 PALETTE = sns.color_palette("colorblind")
 
@@ -111,28 +111,6 @@ METRIC_RANGES = {"youcook2.CIDEr": (0.0, 10.0), "Sim(cap)": (-1.0, 1.0)}
 
 def metric_range(metric: str | None) -> tuple[float, float]:
     return METRIC_RANGES.get(metric or "", (0.0, 1.0))
-
-
-def logit_t_interval(values: Sequence[float], level: float = 0.95, lo: float = 0.0, hi: float = 1.0,
-                     eps: float = 1e-3):
-    """t-interval over ``values`` (e.g. one score per seed) on the logit scale of ``[lo, hi]``.
-
-    Each value is rescaled to ``u = (x − lo)/(hi − lo)``, clipped to ``[eps, 1 − eps]`` (a score of
-    exactly 0 or 1 counts as 0.001 or 0.999 of the range), mapped to ``logit(u)``; the interval is
-    mean ± t₍ₙ₋₁₎·sd/√n there, mapped back. The estimate is the plain mean of ``values`` (what tables
-    show); where it falls outside the back-mapped interval (skewed seeds) the interval is widened to
-    include it. One value: no interval (NaN). Returns a :class:`d2lib.core.stats.CI` (``n_boot`` = 0).
-    """
-    from d2lib.core.stats import CI, t_interval
-
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size < 2:
-        return t_interval(x, level)  # no values: all NaN; one value: no interval
-    mean = float(x.mean())
-    u = np.clip((x - lo) / (hi - lo), eps, 1 - eps)
-    z = t_interval(np.log(u / (1 - u)), level)  # the plain t-interval, on the logit scale
-    back = lambda v: lo + (hi - lo) / (1 + math.exp(-v))  # noqa: E731
-    return CI(mean, min(back(z.low), mean), max(back(z.high), mean), level, int(x.size), 0)
 
 
 def frame_strip(frames: np.ndarray, seconds: Sequence[float] | None = None, max_frames: int = 16,
@@ -230,7 +208,7 @@ def span_label(span) -> str:
     return format_span(span)
 
 
-# --- ablation figures (lesson 07_ablations, d2lib.study.ablation, d2lib.study.widgets) ---------------------------
+# --- ablation figures (lesson 07_ablations, d2lib.study.aggregate, d2lib.study.widgets) --------------------------
 def _interval(d, kind: str = "t"):
     """(mean, low, high) columns ×100 of an ablation table slice; ``kind`` "t" (over seeds) or "boot"."""
     lo, hi = ("low", "high") if kind == "t" else ("boot_low", "boot_high")
@@ -248,7 +226,7 @@ def metric_bars(table, metrics: Sequence[str], rows: Sequence[str], ax=None, lab
                 interval: str = "t", title: str | None = None):
     """Grouped bars: one group per metric, one bar per row, mean ×100 with its interval as error bars.
 
-    ``table``: the long ablation table of :func:`d2lib.study.ablation.summarize` (columns ``row, metric,
+    ``table``: the long ablation table of :func:`d2lib.study.aggregate.summarize` (columns ``row, metric,
     mean, low, high, boot_low, boot_high``); ``interval``: ``"t"`` (over seeds) or ``"boot"`` (over
     test videos). Returns the axes."""
     labels = labels or {}
@@ -301,8 +279,8 @@ def cumulative_ablation(table, chain: Sequence[str], metrics: Sequence[str] = ("
 
 def seed_intervals(per_seed, metric: str, rows: Sequence[str], level: float = 0.95):
     """(mean, low, high) arrays (fractions) of ``metric`` per row: the mean over seeds and the
-    :func:`logit_t_interval` over seeds in :func:`metric_range` (``per_seed``: long DataFrame ``row,
-    seed, metric, value`` of :func:`d2lib.study.ablation.cells_frame`)."""
+    :func:`d2lib.core.stats.logit_t_interval` over seeds in :func:`metric_range` (``per_seed``: long
+    DataFrame ``row, seed, metric, value`` of :func:`d2lib.study.aggregate.cells_frame`)."""
     lo_r, hi_r = metric_range(metric)
     out = []
     for row in rows:
@@ -320,7 +298,7 @@ _INTERVAL_NAMES = {"t": "t-interval over seeds", "logit_t": "t over seeds, logit
 def row_bars(table, per_seed, metric: str, rows: Sequence[str], ax=None, labels: Mapping[str, str] | None = None,
              interval: str = "t", title: str | None = None, level: float = 0.95):
     """One bar per row for one metric: mean ×100 with its interval and each seed's value as a dot
-    (``per_seed``: long DataFrame ``row, seed, metric, value`` of :func:`d2lib.study.ablation.cells_frame`).
+    (``per_seed``: long DataFrame ``row, seed, metric, value`` of :func:`d2lib.study.aggregate.cells_frame`).
     Each bar has its variant's colour (:func:`variant_color`). ``interval``: ``"t"`` (the table's
     t-interval over seeds), ``"logit_t"`` (:func:`seed_intervals`: t over seeds on the logit scale, within
     the metric's range) or ``"boot"`` (the table's bootstrap over test videos, percentile)."""
@@ -348,3 +326,28 @@ def row_bars(table, per_seed, metric: str, rows: Sequence[str], ax=None, labels:
         ax.set_ylim(bottom=0)
     ax.set_title(title or f"{metric}: mean ± {_INTERVAL_NAMES.get(interval, interval)}", fontsize=9)
     return ax
+
+
+# --- the ablation aggregate's figures ---------------------------------------------------------------
+def save_ablation_figures(table, plots_dir: str | Path, chain: Sequence[str], metrics: Sequence[str],
+                          chain_metrics: Sequence[str], labels: Mapping[str, str] | None = None) -> list[Path]:
+    """The ablation aggregate's figures (stage ``ablation_aggregate``) from its long table
+    (:func:`d2lib.study.aggregate.summarize`): ``ablation_cumulative.png`` (:func:`cumulative_ablation` of
+    ``chain_metrics`` along the rows of ``chain`` the table has, when it has one) and ``ablation_rows.png``
+    (:func:`metric_bars` of every row on ``metrics``), written atomically. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    plots_dir = Path(plots_dir)
+    out = []
+    present = [r for r in chain if r in set(table["row"])]
+    if present:
+        fig = cumulative_ablation(table, present, chain_metrics, labels=labels)
+        out.append(io.save_figure(fig, plots_dir / "ablation_cumulative.png", dpi=110))
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    metric_bars(table, list(metrics), list(dict.fromkeys(table["row"])), ax=ax, labels=labels)
+    fig.tight_layout()
+    out.append(io.save_figure(fig, plots_dir / "ablation_rows.png", dpi=110))
+    plt.close(fig)
+    return out

@@ -12,9 +12,9 @@
 
 Intervals stay inside the metric's range (:func:`d2lib.study.plots.metric_range`; [0, 1] for fractions):
 
-* **t over seeds, logit scale** (default) — :func:`d2lib.study.plots.logit_t_interval`: how much the number
+* **t over seeds, logit scale** (default) — :func:`d2lib.core.stats.logit_t_interval`: how much the number
   moves when the training is repeated; the plain t-interval of 3 seeds runs below 0 near 0;
-* **bootstrap over test videos** — the percentile interval of :func:`d2lib.study.ablation.video_bootstrap`
+* **bootstrap over test videos** — the percentile interval of :func:`d2lib.core.stats.video_bootstrap`
   (a quantile of resampled means of per-record scores, so inside the scores' range).
 
 It fits the page: the figures are drawn at most :data:`OUTPUT_WIDTH_PX` pixels wide (JupyterLab 4's
@@ -41,7 +41,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from d2lib.study import ablation, plots
+from d2lib.study import ablation, aggregate, claims, plots
 
 TASKS = ("merged", "tvg", "tal", "dvc", "rar", "gvq")
 DPI = 90
@@ -109,8 +109,8 @@ class AblationExplorer:
         self.cells = scan_cells(root)
         if not self.cells:
             raise FileNotFoundError(f"{ablation.root_dir(root)}: no ablation cells (dvc repro ablation_aggregate)")
-        self.per_seed = ablation.cells_frame(self.cells)
-        self.records = ablation.load_records(self.cells, root)
+        self.per_seed = aggregate.cells_frame(self.cells)
+        self.records = aggregate.load_records(self.cells, root)
         self._frames = frames
         self._frame_cache: dict = {}
         self.queries = dict(queries) if queries is not None else self._load_queries()
@@ -184,7 +184,7 @@ class AblationExplorer:
             return
         ps = self.per_seed[self.per_seed["seed"].isin(seeds) & self.per_seed["row"].isin(rows)]
         rec = self.records[self.records["seed"].isin(seeds)] if len(self.records) else self.records
-        t = ablation.summarize(ps, rec, self.level, self.n_boot, rows=rows, metrics=[metric])
+        t = aggregate.summarize(ps, rec, self.level, self.n_boot, rows=rows, metrics=[metric])
         if self.interval.value == "logit_t":
             _, t["low"], t["high"] = plots.seed_intervals(ps, metric, rows, self.level)
             lo, hi = "low", "high"
@@ -195,7 +195,7 @@ class AblationExplorer:
         for s in seeds:
             v = ps[(ps["seed"] == s) & (ps["metric"] == metric)].set_index("row")["value"]
             table[f"seed {s}"] = [100 * v.get(r, np.nan) for r in rows]
-        if metric in ablation.CLAIM_METRICS:
+        if metric in claims.CLAIM_METRICS:
             table["paper"] = [ablation.PAPER.get(r, {}).get(metric, np.nan) for r in rows]
         self.table = table.round(1)
         what = ("t-interval over the chosen seeds on the logit scale of the metric's range"
@@ -216,9 +216,9 @@ class AblationExplorer:
 
     def _load_queries(self) -> dict:
         try:
-            from d2lib.world import datasets
+            from d2lib.world.records import load_shapes, shapes_split_dir
 
-            split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+            split = load_shapes(shapes_split_dir("test"), check_videos=False)
         except Exception:  # the explorer works without the annotations (menu shows task and index)
             return {}
         return {(r["task"], int(r["idx"])): (r.get("g") or [r.get("q", "")])[0] for r in split.records}
@@ -243,9 +243,10 @@ class AblationExplorer:
             elif self._frames is not None:
                 f = self._frames[video]
             else:  # the prepare stage's test frame cache (read only)
-                from d2lib.world import datasets
+                from d2lib.world.framecache import load_frame_cache
+                from d2lib.world.records import frame_cache_path
 
-                with datasets.load_frame_cache(datasets.frame_cache_path("test")) as cache:
+                with load_frame_cache(frame_cache_path("test")) as cache:
                     f = np.array(cache[video])
             self._frame_cache[video] = np.asarray(f)
         return self._frame_cache[video]

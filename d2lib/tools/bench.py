@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2lib.core import config, numenv, paths, timing
-from d2lib.world import datasets, synth, video
+from d2lib.core import config, io, numenv, paths, timing
+from d2lib.world import framecache, records, synth, video
 from d2lib.vlm import tokens
 from d2lib.vlm.model import D2VLM
-from d2lib.stages.prepare import write_json_atomic
 
 BUDGET_S = 30 * 60  # the aim: make repro, every stage and ablation cell
 BUDGET_WITH_PEERS_S = 45 * 60  # the budget: the same with the peers study (lesson 08)
@@ -167,7 +166,7 @@ def pipeline_times() -> dict:
 
 def decode_throughput(n_videos: int = 16, size: int = 32) -> dict:
     """Decode ``n_videos`` test videos at 1 fps; frames per second of wall time."""
-    split = datasets.load_shapes(datasets.shapes_split_dir("test"), check_videos=False)
+    split = records.load_shapes(records.shapes_split_dir("test"), check_videos=False)
     vids = sorted(split.metas)[:n_videos]
     t0, frames = time.perf_counter(), 0
     for v in vids:
@@ -183,12 +182,12 @@ def _model_and_examples(model_dir: str | None, n: int, variant_name: str = "full
     tok = tokens.load_tokenizer(tok_dir) if tok_dir.is_dir() else tokens.make_tokenizer(mcfg, [" ".join(synth.vocabulary())])[0]
     model = D2VLM.from_pretrained(model_dir) if model_dir else D2VLM.build(mcfg, variant, tok)
     split = "val"
-    loaded = datasets.load_shapes(datasets.shapes_split_dir(split), check_videos=False)
+    loaded = records.load_shapes(records.shapes_split_dir(split), check_videos=False)
     recs = [r for r in loaded.records if r["task"] == "tvg"][:n]
     try:
-        cache = datasets.load_frame_cache(datasets.frame_cache_path(split))
+        cache = framecache.load_frame_cache(records.frame_cache_path(split))
         frames = [torch.from_numpy(np.asarray(cache[r["video"]])) for r in recs]
-    except datasets.DatasetFileNotFound:  # prepare has not run: decode the few videos needed
+    except records.DatasetFileNotFound:  # prepare has not run: decode the few videos needed
         prep = config.load_section("prepare")
         frames = [torch.from_numpy(video.read_frames(loaded.root / r["video"], fps=prep.decode_fps,
                                                      size=prep.decode_size)) for r in recs]
@@ -275,7 +274,7 @@ def run(out: Path, model_dir: str | None = None, threads: int = 2, pipeline_only
                       numeric_env=numeric_env_cost(1, model_dir=model_dir),
                       generation=generation_latency(model_dir=model_dir))
     report["peak_memory_mb"] = peak_memory_mb()
-    write_json_atomic(report, out)
+    io.write_json(out, report, newline=True, indent=2, sort_keys=True)
     return report
 
 

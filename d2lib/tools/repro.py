@@ -147,7 +147,7 @@ def run(root: Path | None = None, targets: list[str] | None = None, client=None,
 
 def _run(root: Path, targets, client, log, cluster: dict) -> dict:
     from distributed import as_completed
-    from d2lib.stages.prepare import write_json_atomic
+    from d2lib.core import io
 
     own = client is None
     client = client or connect(**cluster)
@@ -229,9 +229,9 @@ def _run(root: Path, targets, client, log, cluster: dict) -> dict:
     report = {"wall_s": round(wall, 1), "workers": len(workers), "cores_per_worker_max": capacity, "targets": targets or "all", "stages": len(upstream), "ran": len(ran),
               "complete": not targets and len(ran) == len(upstream) and not failed and not pending,
               "failed": failed, "timeline": timeline}
-    write_json_atomic(report, logs / "repro_last.json")
+    io.write_json(logs / "repro_last.json", report, newline=True, indent=2, sort_keys=True)
     if report["complete"]:
-        write_json_atomic(report, root / "artifacts" / "repro_timing.json")
+        io.write_json(root / "artifacts" / "repro_timing.json", report, newline=True, indent=2, sort_keys=True)
     if failed:
         named = ", ".join(f"{s} (log {logs / (s.replace('@', '_').replace('/', '_') + '.log')})" for s in failed)
         raise RuntimeError(f"d2lib.tools.repro: stage(s) {failed} failed: {named}; every stage that finished is "

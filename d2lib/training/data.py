@@ -32,9 +32,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from d2lib.world import datasets, synth
+from d2lib.world import synth
+from d2lib.world.framecache import load_frame_cache
+from d2lib.world.records import SPLITS, check_split, frame_cache_path, load_shapes, shapes_split_dir
 from d2lib.core import paths
-from d2lib.peers import tokenbudget
 from d2lib.vlm import tokens
 from d2lib.vlm.model import Variant
 
@@ -59,7 +60,7 @@ def select_tasks(records: Iterable[Mapping], tasks: Sequence[str] | None) -> lis
 
 def load_records(split: str, tasks: Sequence[str] | None = None) -> list[dict]:
     """The Shapes records of ``split`` (``train`` from ``prepare``, ``val``/``test`` from ``data/``)."""
-    loaded = datasets.load_shapes(datasets.shapes_split_dir(split), check_videos=False)
+    loaded = load_shapes(shapes_split_dir(split), check_videos=False)
     return select_tasks(loaded.records, tasks)
 
 
@@ -100,14 +101,14 @@ def load_frames(split: str, videos: Iterable[str] | None = None, fps: float | No
                 size: int | None = None) -> dict[str, torch.Tensor]:
     """``{video: uint8 (T, H, W, 3)}`` read from ``prepare``'s frame cache of ``split`` into memory
     (all videos, or those named). ``fps``/``size`` guard against a stale cache."""
-    with datasets.load_frame_cache(datasets.frame_cache_path(split), fps=fps, size=size) as cache:
+    with load_frame_cache(frame_cache_path(split), fps=fps, size=size) as cache:
         names = list(cache) if videos is None else list(dict.fromkeys(videos))
         return {v: torch.from_numpy(np.array(cache[v])) for v in names}
 
 
 def features_path(split: str, root: str | os.PathLike | None = None) -> Path:
     """``artifacts/align/features_{split}.safetensors`` (or under ``root``)."""
-    datasets.check_split(split)
+    check_split(split)
     base = Path(root) if root is not None else paths.artifacts("align", mkdir=False)
     return base / f"features_{split}.safetensors"
 
@@ -166,7 +167,7 @@ def load_features(split_or_path: str | os.PathLike, videos: Iterable[str] | None
     from safetensors import safe_open
 
     p = Path(split_or_path)
-    if str(split_or_path) in datasets.SPLITS:
+    if str(split_or_path) in SPLITS:
         p = features_path(str(split_or_path))
     if not p.is_file():
         raise FileNotFoundError(f"{p}: tower-feature cache not found (written by stage align: dvc repro align)")
@@ -183,12 +184,12 @@ def make_examples(records: Sequence[Mapping], videos: Mapping[str, torch.Tensor]
     """:func:`d2lib.vlm.tokens.encode_example` for each record (its video's frame count from ``videos``,
     frames or features alike), plus the ``video`` key :class:`Collator` looks up.
 
-    DiffFP rows (``frame_select: diff``, lesson ``08_peers``) need each video's keep mask: ``keep``
-    (``{video: (T,) bool}``, :func:`d2lib.peers.tokenbudget.keep_masks`), else computed from ``videos``
-    when they are uint8 frames."""
-    if keep is None and tokenbudget.mechanism(variant) == "diff":
+    A token budget that lays a video out from its pixels (DiffFP, lesson ``08_peers``) needs each video's
+    keep mask: ``keep`` (``{video: (T,) bool}``, the budget's ``keep_masks``), else computed from
+    ``videos`` when they are uint8 frames (:meth:`d2lib.vlm.tokens.TokenBudget.keep_masks`)."""
+    if keep is None:
         used = {r["video"] for r in records if r["video"] in videos}
-        keep = tokenbudget.keep_masks(variant, {v: videos[v] for v in used})
+        keep = tokens.token_budget(variant).keep_masks({v: videos[v] for v in used})
     out = []
     for r in records:
         if r["video"] not in videos:

@@ -11,10 +11,13 @@ nanoGPT's loop with the chores a real run needs, each in a short function below:
   clipping and gradient accumulation;
 * a deterministic data order: epoch ``e`` visits the examples in the permutation drawn from
   ``(seed, e)``, so the position in the data is a pure function of the step count;
-* loss curves as CSV (``loss.csv``, ``val.csv``) for ``dvc plots``, a tqdm progress bar;
-* atomic checkpoints (``checkpoint-<step>.tmp`` → ``os.replace`` → ``checkpoint-<step>``) holding
-  the model in HF format, every trainable tensor, optimizer, scheduler and RNG states, so that a run
-  killed at any moment resumes to *bit-identical* weights on CPU.
+* loss curves as CSV (``loss.csv``, ``val.csv``) for ``dvc plots``, appended row by row (a partial
+  last row left by a crash is repaired on resume), a tqdm progress bar;
+* atomic checkpoints (``checkpoint-<step>.tmp`` → ``checkpoint-<step>``, :func:`d2lib.core.io.atomic_dir`)
+  holding the model in HF format, every trainable tensor, optimizer, scheduler and RNG states, so that
+  a run killed at any moment resumes to *bit-identical* weights on CPU. The completion marker records
+  each file's SHA-256; resume verifies them and falls back to the previous checkpoint when the newest
+  one was cut short or overwritten.
 
 Sizes: ``batch_size`` is per process; one optimizer step sees
 ``batch_size × grad_accum × num_processes`` examples (the *global batch*).
@@ -48,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from d2lib.core import config
+from d2lib.core import config, io
 from d2lib.core.config import check
 from d2lib.vlm.lora import LoraSettings, param_kind, peft_submodules
 
@@ -195,8 +198,15 @@ class SFTConfig(StageConfig):
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
     """Multiplier of each group's base lr after ``step`` optimizer steps: linear warm-up from 0
-    over ``warmup`` steps, then cosine (or linear) decay to ``min_ratio`` at ``total``.
-    Equals transformers' ``get_cosine_schedule_with_warmup`` for ``min_ratio=0``."""
+    over ``warmup`` steps, then cosine (or linear) decay to ``min_ratio`` at ``total`` (``constant``: 1).
+
+    For ``cosine`` and ``constant`` this is, bit for bit at every step, what transformers'
+    ``get_scheduler("cosine_with_min_lr", min_lr_rate=min_ratio)`` / ``get_scheduler("constant_with_warmup")``
+    compute, and :func:`make_scheduler` uses those. It stays the schedule of ``linear``, which transformers
+    has no exact equivalent of: its ``linear`` computes ``(total − step) / (total − warmup)`` — the same
+    number as ``1 − progress`` but rounded differently in the last bit at about a third of the steps — and
+    has no floor; its ``warmup_stable_decay`` has a floor but warms up from ``min_ratio`` instead of 0.
+    """
     if step < warmup:
         return step / max(1, warmup)
     if schedule == "constant":
@@ -207,10 +217,18 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int):
+    """The run's ``LambdaLR``: ``ceil(warmup_ratio · total)`` warm-up steps, then ``cfg.schedule``
+    (:func:`lr_factor`'s multipliers; transformers' schedulers where they are the same bits)."""
     warmup = math.ceil(cfg.warmup_ratio * total)
-    fn = functools.partial(lr_factor, warmup=warmup, total=total, schedule=cfg.schedule,
-                           min_ratio=cfg.min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    if cfg.schedule == "linear":
+        fn = functools.partial(lr_factor, warmup=warmup, total=total, schedule="linear", min_ratio=cfg.min_lr_ratio)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    from transformers import get_scheduler
+
+    if cfg.schedule == "constant":
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup)
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup, num_training_steps=total,
+                         scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
 
 
 # ============================================================================ data order
@@ -353,6 +371,12 @@ def seed_everything(seed: int) -> None:
 
 MARKER = "COMPLETE"  # written last, inside the .tmp folder, before the atomic rename
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+_LEFTOVER = re.compile(r"^(checkpoint-\d+|final)\.(tmp|old)$")  # what d2lib.core.io.atomic_dir leaves after a crash
+_HASH_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")  # sha256sum's format
+
+
+class CheckpointError(OSError):
+    """A checkpoint file that is missing, unreadable or not the bytes its marker recorded (the message names it)."""
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
@@ -372,17 +396,85 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def clean_incomplete(out_dir: Path) -> list[Path]:
-    """Remove what a crash can leave behind: ``*.tmp`` folders and checkpoint folders without the
-    completion marker. Returns the removed paths."""
+    """Remove what a crash can leave behind: ``checkpoint-<n>.tmp``/``.old`` and ``final.tmp``/``.old``
+    folders, and checkpoint folders without the completion marker. Returns the removed paths."""
     removed = []
-    for p in Path(out_dir).glob("checkpoint-*"):
-        if p.is_dir() and (p.name.endswith(".tmp") or not (p / MARKER).is_file()):
+    for p in sorted(Path(out_dir).iterdir()):
+        if p.is_dir() and (_LEFTOVER.match(p.name) or (_CKPT.match(p.name) and not (p / MARKER).is_file())):
             shutil.rmtree(p)
             removed.append(p)
-    for p in Path(out_dir).glob("final.tmp"):
-        shutil.rmtree(p)
-        removed.append(p)
     return removed
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` but the marker, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def write_marker(folder: Path, step: int) -> None:
+    """The completion marker: ``step <n>``, then ``<sha256>  <file>`` for every file of ``folder`` (the
+    format ``sha256sum -c`` reads). Each file is fsynced first, so the marker never vouches for bytes
+    still in a cache."""
+    lines = [f"step {step}"]
+    for name in _checkpoint_files(folder):
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+        lines.append(f"{file_sha256(folder / name)}  {name}")
+    _write_synced(folder / MARKER, "\n".join(lines) + "\n")
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """Check every file a checkpoint's marker lists against its recorded SHA-256; raise
+    :class:`CheckpointError` naming the first file that is missing or differs (cut short, zeroed,
+    overwritten). Returns False for a marker that records no hashes (nothing to verify), else True."""
+    marker = Path(path) / MARKER
+    try:
+        lines = marker.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{marker}: cannot read the completion marker ({e})") from None
+    if not lines or not re.fullmatch(r"step \d+", lines[0]):
+        raise CheckpointError(f"{marker}: not a completion marker (first line {lines[:1]})")
+    for line in lines[1:]:
+        m = _HASH_LINE.match(line)
+        if not m:
+            raise CheckpointError(f"{marker}: malformed line {line!r}")
+        f = Path(path) / m.group(2)
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (the checkpoint's {MARKER} lists it)")
+        if file_sha256(f) != m.group(1):
+            raise CheckpointError(f"{f}: its bytes are not the ones the checkpoint recorded (sha256 in {MARKER}): "
+                                  "cut short or overwritten")
+    return len(lines) > 1
+
+
+def newest_sound_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint of ``out_dir`` whose files verify (:func:`verify_checkpoint`). A
+    newer one that fails is moved aside to ``checkpoint-<n>.corrupt`` (kept for a look, never resumed
+    from) with a printed note naming it and the bad file."""
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            if not verify_checkpoint(path):
+                print(f"note: {path} records no file hashes (an older checkpoint): resuming from it unverified",
+                      file=sys.stderr)
+            return path
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".corrupt")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+            print(f"note: skipped checkpoint {path.name} — {e}; moved it to {aside.name} and resume from the "
+                  "previous complete checkpoint", file=sys.stderr)
+    return None
 
 
 def export_model(model: nn.Module, folder: Path) -> None:
@@ -448,29 +540,29 @@ def load_trainable_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(acc, model: nn.Module, optimizer, scheduler, state: dict, out_dir: Path,
                     keep_last: int, export_fn: Callable[[nn.Module, Path], None] | None = None) -> Path:
-    """Write ``checkpoint-<step>`` atomically; every process writes its RNG state. Returns the path."""
+    """Write ``checkpoint-<step>`` atomically (:func:`d2lib.core.io.atomic_dir`: the folder appears
+    whole, marker and file hashes included, or not at all); every process writes its RNG state.
+    Returns the path. The files inside the temporary folder are written directly: ``torch.save``
+    names its archive after the file it writes, so a temporary file name would change the bytes."""
+    from safetensors.torch import save_file
+
     export_fn = export_fn or export_model
     final = out_dir / f"checkpoint-{state['step']}"
-    tmp = final.with_name(final.name + ".tmp")
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
-    if acc.is_main_process:
-        from safetensors.torch import save_file
-
-        export_fn(model, tmp)
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))  # what resume reads
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        _write_synced(tmp / MARKER, f"step {state['step']}\n")
-        if final.exists():  # only when re-running from an older checkpoint
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    main = acc.is_main_process
+    # the main process owns the temporary folder; the others write their RNG state into it by name
+    with (io.atomic_dir(final) if main else contextlib.nullcontext(final.with_name(final.name + ".tmp"))) as tmp:
+        acc.wait_for_everyone()
+        torch.save(rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
+        if main:
+            export_fn(model, tmp)
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))  # what resume reads
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            io.write_json(tmp / "trainer_state.json", state, indent=1)
+        acc.wait_for_everyone()
+        if main:
+            write_marker(tmp, state["step"])
+    if main:
         for _, old in list_checkpoints(out_dir)[:-keep_last]:
             shutil.rmtree(old)
     acc.wait_for_everyone()
@@ -484,35 +576,93 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def load_checkpoint(path: Path, acc, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore a checkpoint written by :func:`save_checkpoint` into already-built objects;
-    returns its ``trainer_state.json``."""
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, with any failure (missing, cut short, not the format) a :class:`CheckpointError` naming it."""
+    try:
+        return reader(path)
+    except Exception as e:  # noqa: BLE001  (re-raised with the file's name)
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+
+
+def read_checkpoint(path: Path, acc) -> dict:
+    """Every file of a checkpoint that resume needs, read (nothing applied yet, so a bad file changes no
+    state): ``{trainable, optimizer, scheduler, rng (None if this process has none), state}``."""
     from safetensors.torch import load_file
 
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors"), device=str(acc.device)))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=acc.device, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    path = Path(path)
     rng_file = path / f"rng_state_{acc.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+    return {
+        "trainable": _read(path / "trainable.safetensors", lambda f: load_file(str(f), device=str(acc.device))),
+        "optimizer": _read(path / "optimizer.pt", lambda f: torch.load(f, map_location=acc.device, weights_only=True)),
+        "scheduler": _read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
+        "rng": _read(rng_file, lambda f: torch.load(f, weights_only=True)) if rng_file.is_file() else None,
+        "state": _read(path / "trainer_state.json", lambda f: json.loads(f.read_text())),
+    }
+
+
+def load_checkpoint(path: Path, acc, model: nn.Module, optimizer, scheduler) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint` into already-built objects;
+    returns its ``trainer_state.json``. A file that cannot be read is a :class:`CheckpointError` naming it."""
+    ck = read_checkpoint(path, acc)
+    load_trainable_state(model, ck["trainable"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if ck["rng"] is not None:
+        set_rng_state(ck["rng"])
     else:
-        warnings.warn(f"{rng_file.name} missing (different number of processes?): RNG reseeded")
-    return json.loads((path / "trainer_state.json").read_text())
+        warnings.warn(f"rng_state_{acc.process_index}.pt missing in {path} (different number of processes?): "
+                      "RNG reseeded")
+    return ck["state"]
 
 
 # ============================================================================ logs
 
 
+def read_log_rows(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a CSV log (``loss.csv``, ``val.csv``) as ``{column: text}``, empty cells left
+    out. A last row that a crash cut short (no line end, or not a row of numbers) is dropped with a
+    printed note; a bad row before it is a ``ValueError`` naming the file and line."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    if not lines or not lines[0].endswith("\n"):  # empty, or a header cut short: no rows yet
+        return []
+    header = next(csv.reader(lines[:1]))
+    rows = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        cells = next(csv.reader([line]), [])
+        row = {k: v for k, v in zip(header, cells) if v != ""}
+        complete = line.endswith("\n") and len(cells) == len(header) and "step" in row
+        if complete and all(map(_is_number, row.values())):
+            rows.append(row)
+        elif lineno == len(lines):
+            print(f"note: {path}: dropped the partial last row (line {lineno}: {line!r}) that an interrupted run "
+                  f"left; kept its {len(rows)} complete rows", file=sys.stderr)
+        else:
+            raise ValueError(f"{path}:{lineno}: not a row of {len(header)} numbers: {line!r}")
+    return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class CsvLog:
-    """Rows of numbers appended to a CSV (header from the union of keys; rewritten when a new key
-    appears). On resume the rows after the checkpoint's step are dropped."""
+    """Rows of numbers appended to a CSV (header from the union of keys, in first-seen order).
+
+    The file is never truncated or rewritten in place: a row is appended (a crash can leave at most a
+    partial last row), and a new header (a new key) or a shorter log is a new file that replaces the
+    old one atomically. ``keep_until``: resume from that step — the rows after it are dropped, a
+    partial last row is repaired (:func:`read_log_rows`), and the kept rows keep their bytes (so a
+    resumed log equals an uninterrupted one). Falsy: start a new log."""
 
     def __init__(self, path: Path, keep_until: int | None):
-        self.path, self.rows = Path(path), []
-        if keep_until is not None and self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)
-                             if float(r["step"]) <= keep_until]
+        self.path, self.rows, self._written = Path(path), [], []  # rows as numbers / as written (text or numbers)
+        if keep_until and self.path.is_file():
+            self._written = [r for r in read_log_rows(self.path) if float(r["step"]) <= keep_until]
+            self.rows = [{k: float(v) for k, v in r.items()} for r in self._written]
         self._rewrite()
 
     def _fields(self) -> list[str]:
@@ -520,13 +670,14 @@ class CsvLog:
 
     def _rewrite(self) -> None:
         self.fields = self._fields()
-        with open(self.path, "w", newline="") as f:
+        with io.atomic_file(self.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, self.fields)
             w.writeheader()
-            w.writerows(self.rows)
+            w.writerows(self._written)
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
+        self._written.append(row)
         if set(row) - set(self.fields):
             return self._rewrite()
         with open(self.path, "a", newline="") as f:
@@ -544,15 +695,11 @@ def export_loss_plot(loss_csv: str | os.PathLike, out_csv: str | os.PathLike,
     with open(loss_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     keep = ["step", *(c for c in columns if rows and c in rows[0])]
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with io.atomic_file(out_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, keep, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out)
-    return out
+    return Path(out_csv)
 
 
 # ============================================================================ the loop
@@ -606,13 +753,19 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def _pick_resume(out_dir: Path, resume: bool | str | Path, acc) -> Path | None:
-    """The checkpoint to resume from. Checkpoints of ``out_dir`` newer than it belong to an
-    abandoned timeline and are deleted (so a later automatic resume cannot pick them)."""
+    """The checkpoint to resume from: ``True``: the newest one whose files verify
+    (:func:`newest_sound_checkpoint`, chosen by the main process for all); a path: that one, which must
+    verify. Checkpoints of ``out_dir`` newer than an explicit one belong to an abandoned timeline and
+    are deleted (so a later automatic resume cannot pick them)."""
     if resume is True:
-        return latest_checkpoint(out_dir)
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([newest_sound_checkpoint(out_dir) if acc.is_main_process else None])[0]
     path = None if resume is False else Path(resume)
     if path is not None and not (path / MARKER).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint")
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    if path is not None:
+        verify_checkpoint(path)
     step = -1 if path is None else int(json.loads((path / "trainer_state.json").read_text())["step"])
     if acc.is_main_process:
         for s, p in list_checkpoints(out_dir):
@@ -682,8 +835,10 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
     * ``callbacks``: ``cb(step, info)`` after every optimizer step (raise to stop the run).
     * ``before_step``: ``hook(step, total)`` before optimizer step ``step`` (1-based) — e.g. a loss term
       switched on part-way; it must depend on ``step``/``total`` only, so that a resumed run repeats it.
-    * ``resume``: ``True`` continues from the newest complete checkpoint in ``out_dir`` if any;
-      ``False`` deletes old checkpoints and starts over; a path resumes from that checkpoint.
+    * ``resume``: ``True`` continues from the newest complete checkpoint in ``out_dir`` whose files
+      match their recorded SHA-256 (a damaged newer one is moved aside, with a printed note), if any;
+      ``False`` deletes old checkpoints and starts over; a path resumes from that checkpoint (which
+      must verify: :class:`CheckpointError` names the bad file).
     * ``export_fn(model, folder)`` writes the model into checkpoints and ``final/`` (default
       :func:`export_model`); checkpoints also get ``trainable.safetensors``, which resume reads.
     * ``groups``: a partition of the example indices (e.g. by video) whose members are visited back
@@ -828,13 +983,10 @@ def _save_final(acc, raw, out_dir: Path, cfg: TrainConfig, total: int, export_fn
     final = out_dir / "final"
     acc.wait_for_everyone()
     if acc.is_main_process:
-        tmp = out_dir / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        export_fn(raw, tmp)
-        (tmp / "training.json").write_text(json.dumps(
-            {"section": cfg.section, "steps": total, "config": config.to_dict(cfg)}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with io.atomic_dir(final) as tmp:
+            export_fn(raw, tmp)
+            io.write_json(tmp / "training.json", {"section": cfg.section, "steps": total,
+                                                  "config": config.to_dict(cfg)}, indent=1)
     acc.wait_for_everyone()
     return final
 
@@ -902,7 +1054,7 @@ def selftest(out: str | Path, die_at: int | None = None, **kw) -> dict:
     st = PartialState()
     report = {"rank": st.process_index, "world": st.num_processes, "digest": weights_digest(model),
               "loss": [r["loss"] for r in res.history], "start_step": res.start_step}
-    Path(out, f"rank{st.process_index}.json").write_text(json.dumps(report))
+    io.write_json(Path(out, f"rank{st.process_index}.json"), report)
     return report
 
 

@@ -34,7 +34,8 @@ def predict(model, records: Sequence[Mapping], videos: Mapping[str, torch.Tensor
     ``videos``: frames or cached tower features per video (:func:`d2lib.training.data.video_kind`). The
     prompt layout follows ``model.variant``. With ``return_generations`` also returns the
     :class:`d2lib.vlm.model.Generation` of each record (token ids, decoded spans, per-frame probabilities).
-    ``keep``: DiffFP keep masks when ``videos`` are features (:func:`d2lib.peers.tokenbudget.keep_masks`).
+    ``keep``: the token budget's keep masks (DiffFP) when ``videos`` are features
+    (:meth:`d2lib.vlm.tokens.TokenBudget.keep_masks` of the variant's budget).
     """
     was_training = model.training
     model.eval()
@@ -158,7 +159,7 @@ def confusions(answered: Sequence[Mapping], metas: Mapping[str, Mapping],
     but hits another event of the video (IoU ≥ 0.5, the best one), how that event differs from the asked-for
     one (:func:`_relation`: same object with another action, or another object that shares the colour or the
     shape). Counts per relation, plus ``"no event hit"`` and ``"correct"``. ``metas``: the Shapes world per
-    video (``{video: {objects, events}}``, as :func:`d2lib.world.datasets.load_shapes` returns them) — it tells
+    video (``{video: {objects, events}}``, as :func:`d2lib.world.records.load_shapes` returns them) — it tells
     whether the objects a query must tell apart differ only by a few pixels of shape.
 
     >>> meta = {"objects": [{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "red"}],

@@ -19,13 +19,28 @@ Taught in lesson ``02_model``. The pieces, in the order data flows through them:
    partial pass over the prompt (gradients flow). Generation: the span decoded at that step.
 6. ``generate``: greedy decoding with the KV cache, heads and injection inside the loop.
 
-Variants (the ablation rows) are orthogonal switches — see :class:`Variant`. The peers' mechanisms
-(lesson ``08_peers``: :mod:`d2lib.peers.timerep`, :mod:`d2lib.peers.tokenbudget`) are switches too; a token budget
-or TimeMarker's separators move the frame tokens (:class:`FrameLayout`), while heads, targets and
-decoding stay per second.
+Variants (the ablation rows) are orthogonal switches — see :class:`Variant`.
+
+Mechanisms: where other systems plug in. Two things D²VLM does one way are hook points, each an object
+the variant's switches resolve to (:mod:`d2lib.vlm.tokens`):
+
+- a **time representation** (:class:`~d2lib.vlm.tokens.TimeRep`, :func:`~d2lib.vlm.tokens.time_rep`):
+  how a span is written as text and read back, the question's wording, text before each frame token,
+  the frames as the tower sees them, an optional per-frame embedding module;
+- a **token budget** (:class:`~d2lib.vlm.tokens.TokenBudget`, :func:`~d2lib.vlm.tokens.token_budget`):
+  how many frame tokens a video of T seconds gets, which one covers each second, per-video keep masks
+  from the pixels, and the frame tokens that fill the slots (with an optional pooling module).
+
+D²VLM's own (seconds as text, one token per second) live in the core; a variant that switches a peer's
+mechanism on resolves, by a ``"module:name"`` path imported only then, to an implementation in
+``d2lib.peers`` (lesson ``08_peers``) — a D²VLM row never imports it. A mechanism's module is held by the
+model under the mechanism's ``module_name`` (created when the variant switches it on, see
+:attr:`D2VLM.variant`). A token budget or separators move the frame tokens (:class:`FrameLayout`),
+while heads, targets and decoding stay per second.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,9 +54,8 @@ import torch.nn as nn
 from d2lib.core import config as _config
 from d2lib.core.config import check
 from d2lib.core.losses import consistency_l1, consistency_scores, frame_ce, grounding_bce, lm_loss
-from d2lib.peers import timerep, tokenbudget
 from d2lib.core.spans import decode_span, soft_targets
-from d2lib.vlm.tokens import ROLE_END, ROLE_START, render_response, special_ids
+from d2lib.vlm.tokens import ROLE_END, ROLE_START, render_response, special_ids, time_rep, token_budget
 
 
 # --- params ---------------------------------------------------------------------------------
@@ -68,9 +82,11 @@ class Variant:
       read-out, the format is learned from the targets (measured: ~40% fewer tokens per packed sequence,
       the same val R@1@0.5); "full" asks the record's question as written.
 
-    The peers' mechanisms (lesson ``08_peers``; all off by default). Time representation
-    (:mod:`d2lib.peers.timerep`): ``time_format`` — how times are written as text where times are text
-    (``answer_evidence: text`` or ``head: none``): "seconds", "relative" (VTimeLLM 00–99),
+    The peers' mechanisms (lesson ``08_peers``; all off by default, and with all off nothing of
+    ``d2lib.peers`` is used — :func:`d2lib.vlm.tokens.time_rep` / :func:`~d2lib.vlm.tokens.token_budget`
+    resolve the switches below to a mechanism). Time representation (:mod:`d2lib.peers.timerep`):
+    ``time_format`` — how times are written as text where times are text (``answer_evidence: text``
+    or ``head: none``): "seconds", "relative" (VTimeLLM 00–99),
     "time_tokens" (VTG-LLM ``<t1><t2><t.><t0>``), "frame_number" (NumPro "from x to y");
     ``frame_numbers`` (NumPro: numbers drawn on the frames + one prompt line); ``time_separators``
     (TimeMarker ``second{t}`` before each frame token); ``time_embedding`` (TimeChat: a timestamp
@@ -364,6 +380,21 @@ class Generation:
 
 
 # --- the model ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _no_loading_bars():
+    """transformers' "Loading weights" progress bars off while loading (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 class D2VLM(nn.Module):
     """Vision tower + frame pooling/projector + Phi-3 LM + D²VLM heads (lesson 02_model)."""
 
@@ -387,35 +418,39 @@ class D2VLM(nn.Module):
         self.evi_head = mlp_head(h, max(h // 2, 1))
         n_layers = lm.config.num_hidden_layers
         self.injection_layer = min(cfg.injection_layer or max(1, round(n_layers / 5)), n_layers - 1)
-        self.variant = variant  # builds the modules of its mechanisms (time_embed, stc)
+        self.variant = variant  # builds the modules of its mechanisms (none for a D²VLM row)
 
-    # -- the variant and the modules its mechanisms need (lesson 08_peers) -------------------
+    # -- the variant and the modules its mechanisms need -------------------------------------
     @property
     def variant(self) -> Variant:
         return self._variant
 
     @variant.setter
     def variant(self, v: Variant) -> None:
-        """Switch the response layout/mechanisms. TimeChat's ``time_embed`` and STC's ``stc`` are
-        created (on the projector's device and dtype) when switched on and removed when off, so
+        """Switch the response layout/mechanisms. The module of each mechanism (its ``module_name``,
+        e.g. TimeChat's ``time_embed``, STC's ``stc``) is created (on the projector's device and dtype)
+        when switched on — time representation first, then token budget — and removed when off, so
         :meth:`save_pretrained`/:meth:`from_pretrained` hold exactly the variant's parameters."""
         object.__setattr__(self, "_variant", v)
         ref = self.projector[0].weight
         h = self.lm.config.hidden_size
-        want_te = bool(getattr(v, "time_embedding", False))
-        if want_te and not hasattr(self, "time_embed"):
-            self.time_embed = timerep.TimestampEmbedding(h).to(ref.device, ref.dtype)
-        elif not want_te and hasattr(self, "time_embed"):
-            del self.time_embed
-        stride = int(getattr(v, "stc_stride", 1))
-        if stride > 1 and getattr(getattr(self, "stc", None), "stride", None) != stride:
-            self.stc = tokenbudget.STCPool(h, stride).to(ref.device, ref.dtype)
-        elif stride <= 1 and hasattr(self, "stc"):
-            del self.stc
+        mechs = [m for m in (time_rep(v), token_budget(v)) if m.module_name]
+        for name in getattr(self, "_mechanism_names", []):
+            if name not in [m.module_name for m in mechs]:
+                delattr(self, name)
+        for m in mechs:
+            current = getattr(self, m.module_name, None)
+            new = m.module(h, current)
+            if new is not current:
+                setattr(self, m.module_name, new.to(ref.device, ref.dtype))
+        object.__setattr__(self, "_mechanism_names", [m.module_name for m in mechs])
 
     def mechanism_modules(self) -> list[str]:
-        """Names of the submodules the variant's peer mechanisms added (trained fully in SFT)."""
-        return [n for n in ("time_embed", "stc") if hasattr(self, n)]
+        """Names of the submodules the variant's mechanisms added (trained fully in SFT)."""
+        return list(self._mechanism_names)
+
+    def _mechanism_module(self, mech) -> nn.Module | None:
+        return getattr(self, mech.module_name) if mech.module_name else None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -440,6 +475,8 @@ class D2VLM(nn.Module):
 
         from safetensors.torch import save_file
 
+        from d2lib.core import io
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lm = copy.deepcopy(self.lm).merge_and_unload() if hasattr(self.lm, "peft_config") else self.lm
@@ -447,27 +484,46 @@ class D2VLM(nn.Module):
         self.tower.save_pretrained(path / "vision")
         own = {k: v.detach().contiguous() for k, v in self.state_dict().items()
                if not k.startswith(("lm.", "tower."))}
-        save_file(own, str(path / "d2vlm.safetensors"))
+        io.write_with(path / "d2vlm.safetensors", lambda tmp: save_file(own, str(tmp)))
         meta = {"model": _config.to_dict(self.cfg), "variant": dataclasses.asdict(self.variant), "ids": self.ids}
-        (path / "d2vlm.json").write_text(json.dumps(meta, indent=2))
+        io.write_json(path / "d2vlm.json", meta, indent=2)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "D2VLM":
-        """Load a directory written by :meth:`save_pretrained`."""
+        """Load a directory written by :meth:`save_pretrained`. A missing part is a ``FileNotFoundError``
+        and a part that cannot be loaded (cut short, not the format) an ``OSError``, each naming the file
+        or folder; weights that do not fit the model are a ``ValueError`` naming ``d2vlm.safetensors``."""
         from safetensors.torch import load_file
         from transformers import Phi3ForCausalLM, SiglipVisionModel
 
         path = Path(path)
-        meta = json.loads((path / "d2vlm.json").read_text())
-        cfg = _config.from_dict(ModelConfig, meta["model"], "model")
-        variant = _config.from_dict(Variant, meta["variant"], "variant")
-        lm = Phi3ForCausalLM.from_pretrained(path / "lm", attn_implementation=cfg.attn_implementation)
-        tower = SiglipVisionModel.from_pretrained(path / "vision")
-        model = cls(cfg, variant, lm, tower, meta["ids"])
-        missing, unexpected = model.load_state_dict(load_file(str(path / "d2vlm.safetensors")), strict=False)
+        parts = {"d2vlm.json": "the model config", "lm": "the language model folder",
+                 "vision": "the vision tower folder", "d2vlm.safetensors": "the pooling, projector and head weights"}
+        for part, what in parts.items():
+            if not (path / part).exists():
+                raise FileNotFoundError(f"{path / part}: missing — {what} of a D2VLM folder (D2VLM.save_pretrained "
+                                        f"writes {', '.join(parts)})")
+
+        def read(part: str, reader):
+            try:
+                return reader(path / part)
+            except Exception as e:  # noqa: BLE001  (re-raised with the file's name)
+                raise OSError(f"{path / part}: cannot be loaded as {parts[part]} ({type(e).__name__}: {e})") from e
+
+        meta = read("d2vlm.json", lambda f: json.loads(f.read_text()))
+        cfg, variant, ids = read("d2vlm.json", lambda f: (_config.from_dict(ModelConfig, meta["model"], "model"),
+                                                         _config.from_dict(Variant, meta["variant"], "variant"),
+                                                         meta["ids"]))
+        with _no_loading_bars():  # an executed lesson must not hold a progress bar's rate (it.s⁻¹ differ per run)
+            lm = read("lm", lambda f: Phi3ForCausalLM.from_pretrained(f, attn_implementation=cfg.attn_implementation))
+            tower = read("vision", SiglipVisionModel.from_pretrained)
+        model = cls(cfg, variant, lm, tower, ids)
+        state = read("d2vlm.safetensors", lambda f: load_file(str(f)))
+        missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(("lm.", "tower."))]
         if missing or unexpected:
-            raise ValueError(f"d2vlm.safetensors mismatch: missing {missing}, unexpected {unexpected}")
+            raise ValueError(f"{path / 'd2vlm.safetensors'}: does not fit the model: missing {missing}, "
+                             f"unexpected {unexpected}")
         return model
 
     # -- frames ------------------------------------------------------------------------------
@@ -507,8 +563,7 @@ class D2VLM(nn.Module):
         single = frames.dim() == 4
         frames = frames[None] if single else frames
         B, T = frames.shape[:2]
-        if getattr(self.variant, "frame_numbers", False):  # NumPro: the tower sees the numbers
-            frames = timerep.draw_frame_numbers(frames.flatten(0, 1), list(range(T)) * B).unflatten(0, (B, T))
+        frames = time_rep(self.variant).draw_frames(frames)  # e.g. NumPro: the tower sees the numbers
         keep = None if frame_mask is None or bool(frame_mask.all()) else frame_mask.reshape(-1)
         outs = []
         for s in self.pixel_streams(frames):
@@ -539,49 +594,28 @@ class D2VLM(nn.Module):
 
     def frame_tokens(self, tower_feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, T, S, P, Dv) → frame tokens (B, T, H) at the LM width, one per second
-        (TimeChat variants add the timestamp embedding of the second, frame t = second t)."""
+        (a time representation's per-frame embedding, e.g. TimeChat's, is added: frame t = second t)."""
         B, T = tower_feats.shape[:2]
         pooled = self.pool(tower_feats.flatten(0, 1).to(self.pool.query.dtype))  # (B·T, S, Dv)
         x = self.temporal(pooled.reshape(B, T, -1), frame_mask)  # (B, T, S·Dv)
         x = self.projector(x)
-        if getattr(self.variant, "time_embedding", False):
-            x = self.time_embed(x, torch.arange(T, device=x.device))
+        embed = self._mechanism_module(time_rep(self.variant))
+        if embed is not None:
+            x = embed(x, torch.arange(T, device=x.device))
         return x
 
     def frame_layout(self, frame_tok, frame_start, frame_mask, frame_pos=None, token_mask=None,
                      token_of_frame=None) -> tuple[torch.Tensor, FrameLayout]:
         """Per-second frame tokens (B, T, H) → the tokens the LM reads (B, K, H) and their
-        :class:`FrameLayout` (lesson ``08_peers``). Without ``frame_pos`` (the plain layout) the
-        tokens pass unchanged. MovieChat merges here (:func:`d2lib.peers.tokenbudget.merge_adjacent` per
-        video, ``token_of_frame`` from the merge); STC pools with ``self.stc``; otherwise (DiffFP,
-        TimeMarker) slot k holds the token of the first second it covers."""
+        :class:`FrameLayout`. Without ``frame_pos`` (the plain layout) the tokens pass unchanged;
+        otherwise the variant's token budget fills the K slots
+        (:meth:`d2lib.vlm.tokens.TokenBudget.slot_tokens`, with its module)."""
         if frame_pos is None:
             return frame_tok, FrameLayout.plain(frame_start, frame_mask)
-        B, T, H = frame_tok.shape
         K = frame_pos.shape[1]
         token_mask = token_mask if token_mask is not None else torch.ones_like(frame_pos, dtype=torch.bool)
-        mech = tokenbudget.mechanism(self.variant)
-        if mech == "merge":
-            out = frame_tok.new_zeros(B, K, H)
-            tof = torch.zeros(B, T, dtype=torch.long, device=frame_tok.device)
-            for b in range(B):
-                n = int(frame_mask[b].sum())
-                merged, group = tokenbudget.merge_adjacent(frame_tok[b, :n], self.variant.merge_budget)
-                out[b, : len(merged)] = merged
-                tof[b, :n] = group
-            return out, FrameLayout(frame_pos, token_mask, tof)
-        if token_of_frame is None:
-            raise ValueError("this layout needs token_of_frame (from d2lib.vlm.tokens.collate)")
-        tof = token_of_frame
-        if mech == "stc":
-            x = frame_tok * frame_mask[..., None].to(frame_tok.dtype)  # a video's last window: zeros, not padding
-            out = self.stc(x)[:, :K]
-        else:
-            t = torch.arange(T, device=tof.device)[None].expand(B, -1)
-            first = torch.full((B, K), T - 1, dtype=torch.long, device=tof.device)
-            first = first.scatter_reduce(1, tof.masked_fill(~frame_mask, 0), t.masked_fill(~frame_mask, T - 1),
-                                         reduce="amin")
-            out = frame_tok.gather(1, first[..., None].expand(-1, -1, H))
+        budget = token_budget(self.variant)
+        out, tof = budget.slot_tokens(frame_tok, frame_mask, K, token_of_frame, self._mechanism_module(budget))
         return out, FrameLayout(frame_pos, token_mask, tof)
 
     # -- sequence plumbing -------------------------------------------------------------------
@@ -752,7 +786,7 @@ class D2VLM(nn.Module):
             g.probs = torch.stack(p) if p else torch.zeros(0, 0)
             if tokenizer is not None:  # text times read back with the video's length as the model sees it
                 g.text = render_response(g.ids, g.values, tokenizer, duration=int(frame_mask[b].sum()) / fps,
-                                         time_format=getattr(self.variant, "time_format", "seconds"), fps=fps)
+                                         times=time_rep(self.variant), fps=fps)
         return gens
 
     def _decode_evi(self, gen: Generation, probs_out: list, scores: torch.Tensor, V: torch.Tensor,

@@ -10,6 +10,10 @@ model sees is decided by its variant's switches (:class:`d2lib.vlm.model.Variant
 - ``head``: ``frame`` writes every event as a start and an end token (``<evi> - <evi>``),
   ``none`` has no ``<evi>`` at all.
 
+How times are written and how many ``<video>`` slots a video gets are the variant's two mechanisms,
+:class:`TimeRep` and :class:`TokenBudget` (:func:`time_rep` / :func:`token_budget` resolve them; the
+D²VLM defaults live here, the peers' plug in from ``d2lib.peers`` — lesson ``08_peers``).
+
 >>> from types import SimpleNamespace as V
 >>> full = V(prefix=True, answer_evidence="evi", head="span")
 >>> rec = {"task": "tvg", "tgt": [3, 7], "q": "When?"}
@@ -22,14 +26,14 @@ model sees is decided by its variant's switches (:class:`d2lib.vlm.model.Variant
 """
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from d2lib.peers import timerep, tokenbudget
 from d2lib.core.spans import format_span, span_to_frames
 
 # --- special tokens -------------------------------------------------------------------------
@@ -45,6 +49,156 @@ LETTERS = "ABCDEFGH"
 ROLE_SPAN, ROLE_START, ROLE_END = 0, 1, 2  # what one <evi> stands for
 STAGE_PREFIX, STAGE_ANSWER = 0, 1  # grounding stage / answer stage
 IGNORE_INDEX = -100
+
+
+# --- the variant's mechanisms: where the peers plug in ---------------------------------------
+class Mechanism:
+    """What a variant's mechanism may add to the model: a module the model holds under
+    ``module_name`` (``None``: nothing). ``module(dim, current)`` returns it for LM width ``dim``:
+    ``current`` (the model's module of that name, or ``None``) when it still fits, else a new one —
+    built only when switched on, so a D²VLM row draws no random numbers for it."""
+
+    module_name: str | None = None
+
+    def module(self, dim: int, current=None):
+        return None
+
+
+class TimeRep(Mechanism):
+    """How a variant tells the model *when* — D²VLM's way: times written as seconds (``"3 - 7.5"``),
+    nothing added to the prompt, the frames or the frame tokens. The hook points (a peer's time
+    representation, :mod:`d2lib.peers.timerep`, overrides those it changes):
+
+    - ``format_span(span, duration, fps) -> str``: a span (seconds) as a response writes it;
+    - ``read_times(text, duration, fps) -> str``: ``text`` with the times it writes read back to
+      ``"s - e"`` seconds (what people read and the metrics parse);
+    - ``question(q) -> str``: the question as the prompt asks it;
+    - ``separators`` / ``separator(second) -> str``: text put before each frame token;
+    - ``draw_frames(frames (B, T, H, W, 3)) -> (B, T, H, W, 3)``: the frames as the tower sees them;
+    - ``module_name`` / ``module(dim, current)`` (:class:`Mechanism`): a per-frame embedding, called
+      as ``module(tokens (B, T, H), seconds (T,)) -> (B, T, H)`` on the frame tokens.
+
+    >>> SECONDS.format_span([3, 7.5]), SECONDS.read_times("in 3 - 7.5."), SECONDS.question("When?")
+    ('3 - 7.5', 'in 3 - 7.5.', 'When?')
+    """
+
+    separators = False
+
+    def format_span(self, span: Sequence[float], duration: float | None = None, fps: float = 1.0) -> str:
+        return format_span(span)
+
+    def read_times(self, text: str, duration: float | None = None, fps: float = 1.0) -> str:
+        return text
+
+    def question(self, question: str) -> str:
+        return question
+
+    def separator(self, second: float) -> str:
+        return ""
+
+    reads_pixels = False  # True when the frames themselves change (NumPro): no cached tower features
+
+    def prepare_tokenizer(self, tokenizer) -> list[int]:
+        """Add the words this time representation writes to ``tokenizer`` in place; the new ids (for
+        :func:`mean_init_rows`). D²VLM's seconds need none."""
+        return []
+
+    def draw_frames(self, frames):
+        return frames
+
+
+class TokenBudget(Mechanism):
+    """How many frame tokens of a video reach the LM — D²VLM's way: one per second, back to back from
+    ``frame_start`` (``plain``). The hook points (a peer's budget, :mod:`d2lib.peers.tokenbudget`,
+    overrides those it changes; heads, targets and decoding stay per second either way):
+
+    - ``plain``: one ``<video>`` slot per second; otherwise examples carry ``frame_pos`` and
+      ``token_of_frame`` (:func:`encode_example`);
+    - ``token_map(n_frames, keep) -> (T,) long | None``: the slot covering each second (``None``: the
+      model decides, from the frame tokens); ``n_tokens(n_frames, keep) -> int``: the slots;
+    - ``keep_masks(videos) -> {video: (T,) bool} | None``: per-video inputs of ``token_map`` that the
+      data path computes from the pixels (``keep``);
+    - ``slot_tokens(frame_tok (B, T, H), frame_mask (B, T), n_slots, token_of_frame (B, T), module)
+      -> (tokens (B, K, H), token_of_frame (B, T))``: the tokens the LM reads in the K slots
+      (here: each slot holds the token of the first second it covers);
+    - ``module_name`` / ``module(dim, current)`` (:class:`Mechanism`): the ``module`` given to
+      ``slot_tokens``.
+
+    >>> PLAIN.token_map(4).tolist(), PLAIN.n_tokens(4), PLAIN.keep_masks({"v": None})
+    ([0, 1, 2, 3], 4, None)
+    """
+
+    plain = True
+
+    def token_map(self, n_frames: int, keep=None) -> torch.Tensor | None:
+        return torch.arange(n_frames)
+
+    def n_tokens(self, n_frames: int, keep=None) -> int:
+        return n_frames
+
+    reads_pixels = False  # True when the layout is computed from the pixels (DiffFP): no cached features
+
+    def keep_masks(self, videos: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def slot_tokens(self, frame_tok: torch.Tensor, frame_mask: torch.Tensor, n_slots: int,
+                    token_of_frame: torch.Tensor | None = None, module=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if token_of_frame is None:
+            raise ValueError("this layout needs token_of_frame (from d2lib.vlm.tokens.collate)")
+        B, T, H = frame_tok.shape
+        tof = token_of_frame
+        t = torch.arange(T, device=tof.device)[None].expand(B, -1)
+        first = torch.full((B, n_slots), T - 1, dtype=torch.long, device=tof.device)
+        first = first.scatter_reduce(1, tof.masked_fill(~frame_mask, 0), t.masked_fill(~frame_mask, T - 1),
+                                     reduce="amin")
+        return frame_tok.gather(1, first[..., None].expand(-1, -1, H)), tof
+
+
+SECONDS, PLAIN = TimeRep(), TokenBudget()  # D²VLM's own: what every switch at its default resolves to
+
+# A variant's switches of each kind with their D²VLM defaults, and the peers' factory ("module:name",
+# ``factory(variant) -> mechanism``) a variant resolves to when it switches one on (lesson ``08_peers``).
+TIME_SWITCHES = {"time_format": "seconds", "frame_numbers": False, "time_separators": False,
+                 "time_embedding": False}
+BUDGET_SWITCHES = {"frame_select": "all", "merge_budget": 0, "stc_stride": 1}
+TIME_PLUGIN = "d2lib.peers.timerep:PeerTimes"
+BUDGET_PLUGIN = "d2lib.peers.tokenbudget:for_variant"
+
+
+def _resolve(variant, switches: Mapping, default: Mechanism, plugin: str):
+    if all(getattr(variant, k, d) == d for k, d in switches.items()):
+        return default
+    module, name = plugin.split(":")
+    return getattr(importlib.import_module(module), name)(variant)
+
+
+def time_rep(variant) -> TimeRep:
+    """The variant's :class:`TimeRep`: :data:`SECONDS` when its :data:`TIME_SWITCHES` are at their
+    defaults (every D²VLM row; nothing of :mod:`d2lib.peers` is imported), else
+    :data:`TIME_PLUGIN` called on the variant.
+
+    >>> from types import SimpleNamespace as V
+    >>> time_rep(V(prefix=True)) is SECONDS
+    True
+    """
+    return _resolve(variant, TIME_SWITCHES, SECONDS, TIME_PLUGIN)
+
+
+def token_budget(variant) -> TokenBudget:
+    """The variant's :class:`TokenBudget`: :data:`PLAIN` when its :data:`BUDGET_SWITCHES` are at their
+    defaults, else :data:`BUDGET_PLUGIN` called on the variant."""
+    return _resolve(variant, BUDGET_SWITCHES, PLAIN, BUDGET_PLUGIN)
+
+
+def reads_pixels(variant) -> bool:
+    """True when ``variant``'s mechanisms need the uint8 frames, not a tower-feature cache computed
+    from other pixels (NumPro draws on the frames; DiffFP's layout comes from them).
+
+    >>> from types import SimpleNamespace as V
+    >>> reads_pixels(V(prefix=True))
+    False
+    """
+    return time_rep(variant).reads_pixels or token_budget(variant).reads_pixels
 
 
 # --- tokenizers -----------------------------------------------------------------------------
@@ -175,15 +329,14 @@ class _Builder:
 
     def __init__(self, variant, duration=None, fps: float = 1.0):
         self.v, self.parts, self.r = variant, [], Response("")
-        self.duration, self.fps = duration, fps
+        self.duration, self.fps, self.times = duration, fps, time_rep(variant)
 
     def text(self, s: str) -> None:
         self.parts.append(s)
 
     def event(self, k: int, span, stage: int, as_text: bool) -> None:
-        if as_text:  # "s - e", or the variant's time format (lesson 08_peers, d2lib.peers.timerep)
-            self.parts.append(timerep.format_span_as(span, getattr(self.v, "time_format", "seconds"),
-                                                     self.duration, self.fps))
+        if as_text:  # "s - e", or as the variant's time representation writes it (TimeRep.format_span)
+            self.parts.append(self.times.format_span(span, self.duration, self.fps))
             return
         roles = [ROLE_START, ROLE_END] if self.v.head == "frame" else [ROLE_SPAN]
         self.parts.append(f"{EVI} - {EVI}" if self.v.head == "frame" else EVI)
@@ -209,7 +362,7 @@ def _option(record: dict) -> str:
 
 def build_response(record: dict, variant, duration: float | None = None, fps: float = 1.0) -> Response:
     """The target response of ``record`` in ``variant``'s layout (see module docstring). Text times
-    follow ``variant.time_format`` (:func:`d2lib.peers.timerep.format_span_as`; relative times need
+    are written by the variant's :class:`TimeRep` (:func:`time_rep`; a peer's relative times need
     ``duration``, default the record's)."""
     spans, task = record_spans(record), record["task"]
     duration = duration if duration is not None else record.get("duration")
@@ -270,18 +423,18 @@ def _value_text(v) -> str:
     return format_span(v)
 
 
-def render_response(token_ids_or_text, spans: Sequence, tokenizer=None, time_format: str = "seconds",
+def render_response(token_ids_or_text, spans: Sequence, tokenizer=None, times: TimeRep | None = None,
                     duration: float | None = None, fps: float = 1.0) -> str:
     """Text shown to people (and parsed by the metrics): each ``<evi>`` replaced, in order, by its
     span as "s - e" (a frame-level token's value is a single number). Chat/pad tokens dropped.
 
     ``token_ids_or_text``: a string, or ids decoded with ``tokenizer``. ``spans``: per ``<evi>``
     a ``[s, e]`` or a number. Extra ``<evi>`` without a span stay as they are. Times the model
-    wrote as text in ``time_format`` (lesson ``08_peers``) are read back to "s - e" seconds
-    (:func:`d2lib.peers.timerep.to_seconds_text`; relative times need the video's ``duration``).
+    wrote as text are read back to "s - e" seconds by ``times`` (the variant's :class:`TimeRep`,
+    :meth:`TimeRep.read_times`; a peer's relative times need the video's ``duration``).
 
-    >>> render_response("The event happens in from 30 to 69.", [], time_format="relative", duration=10)
-    'The event happens in 3 - 7.'
+    >>> render_response("<evi></evi>In <evi>.", [[3, 7], [3, 7]], times=SECONDS)
+    '3 - 7 </evi> In 3 - 7.'
     """
     if isinstance(token_ids_or_text, str):
         text = token_ids_or_text
@@ -297,8 +450,9 @@ def render_response(token_ids_or_text, spans: Sequence, tokenizer=None, time_for
         out.append(f" {_value_text(spans[i])} " if i < len(spans) else EVI)
         out.append(piece)
     text = _tidy("".join(out))
-    if time_format != "seconds":
-        text = _tidy(timerep.to_seconds_text(text, time_format, duration, fps))
+    if times is not None:  # times written as seconds come back unchanged (and _tidy is idempotent)
+        back = times.read_times(text, duration, fps)
+        text = text if back == text else _tidy(back)
     return text
 
 
@@ -327,10 +481,10 @@ def short_question(question: str) -> str:
 
 def question_text(record_q: str, variant) -> str:
     """The question a variant's prompt asks: the record's ``q`` (``variant.prompt`` "full") or without
-    its answer-format sentence ("short", :func:`short_question`), after the peers' additions
-    (:func:`d2lib.peers.timerep.prompt_question`)."""
+    its answer-format sentence ("short", :func:`short_question`), as the variant's :class:`TimeRep`
+    asks it (:meth:`TimeRep.question`: a peer may add a line)."""
     q = short_question(record_q) if getattr(variant, "prompt", "full") == "short" else record_q
-    return timerep.prompt_question(q, variant)
+    return time_rep(variant).question(q)
 
 
 def prompt_text(question: str) -> tuple[str, str]:
@@ -360,16 +514,18 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
       (event, role) for the consistency loss;
     - ``response`` the response text (empty without response), ``idx`` the record's idx.
 
-    The peers' layouts (lesson ``08_peers``) add, only when they change it: ``frame_pos`` (K,) the
-    position of each of the K ``<video>`` slots (fewer than ``n_frames`` with a token budget — DiffFP
-    needs ``keep``, the video's :func:`d2lib.peers.tokenbudget.diff_keep_mask`; TimeMarker's ``second{t}``
-    separators sit before the slots) and ``token_of_frame`` (n_frames,) the slot covering each second
-    (absent for MovieChat: the model merges). NumPro's prompt line and text time formats apply here too.
+    A layout other than one slot per second back to back (the variant's :class:`TokenBudget` is not
+    ``plain``, or its :class:`TimeRep` puts ``separators`` before the slots) adds ``frame_pos`` (K,)
+    the position of each of the K ``<video>`` slots and ``token_of_frame`` (n_frames,) the slot covering
+    each second (absent when the model decides it: ``token_map`` is ``None``). ``keep``: the video's
+    entry of the budget's ``keep_masks``, when it has them. The question and the text times follow
+    the variant's :class:`TimeRep`.
     """
     before, after = prompt_text(question_text(record["q"], variant))
     video_id = tokenizer.convert_tokens_to_ids(VIDEO)
     ids = _ids(tokenizer, before)
     frame_start = len(ids)
+    times = time_rep(variant)
     layout = _frame_layout(variant, n_frames, keep, fps)
     if layout is None:
         ids += [video_id] * n_frames
@@ -377,8 +533,8 @@ def encode_example(record: dict, n_frames: int, variant, tokenizer, with_respons
         tmap, seconds = layout
         frame_pos = []
         for sec in seconds:
-            if getattr(variant, "time_separators", False):
-                ids += _ids(tokenizer, timerep.separator_text(sec))
+            if times.separators:
+                ids += _ids(tokenizer, times.separator(sec))
             frame_pos.append(len(ids))
             ids.append(video_id)
     ids += _ids(tokenizer, after)
@@ -419,13 +575,13 @@ def encode_prompt(record: dict, n_frames: int, variant, tokenizer, keep=None) ->
 
 def _frame_layout(variant, n_frames: int, keep, fps: float):
     """``None`` for the plain layout (one ``<video>`` slot per second, back to back); else
-    (token_of_frame (T,) long or None for MovieChat, the second each slot starts at)."""
-    mech = tokenbudget.mechanism(variant)
-    if mech == "all" and not getattr(variant, "time_separators", False):
+    (token_of_frame (T,) long or None when the model decides it, the second each slot starts at)."""
+    budget = token_budget(variant)
+    if budget.plain and not time_rep(variant).separators:
         return None
-    tmap = tokenbudget.token_map(variant, n_frames, keep)
-    if tmap is None:  # merge: the slots exist, which seconds each covers is decided by the model
-        return None, [t / fps for t in range(tokenbudget.n_tokens(variant, n_frames))]
+    tmap = budget.token_map(n_frames, keep)
+    if tmap is None:  # e.g. merging: the slots exist, which seconds each covers is decided by the model
+        return None, [t / fps for t in range(budget.n_tokens(n_frames))]
     first = {}
     for t, k in enumerate(tmap.tolist()):
         first.setdefault(k, t)
@@ -585,7 +741,7 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
             off = L - len(e["input_ids"]) if padding_side == "left" else 0
             fpos[b, : len(e["frame_pos"])] = e["frame_pos"] + off
             tmask[b, : len(e["frame_pos"])] = True
-        tof = tokenbudget.pad_maps([e.get("token_of_frame") for e in examples], T)
+        tof = pad_maps([e.get("token_of_frame") for e in examples], T)
         extra = {"frame_pos": fpos, "token_mask": tmask, **({"token_of_frame": tof} if tof is not None else {})}
     else:
         extra = {}
@@ -602,6 +758,20 @@ def collate(examples: Sequence[dict], pad_id: int, padding_side: str = "right",
     if tower_feats is not None:
         batch["tower_feats"] = _pad_stack(tower_feats, T)
     return batch
+
+
+def pad_maps(maps: Sequence[torch.Tensor | None], T: int) -> torch.Tensor | None:
+    """Stack per-example (T_i,) token maps into (B, T) long (0 past a video's end); ``None`` if any is.
+
+    >>> pad_maps([torch.tensor([0, 0, 1]), torch.tensor([0])], 3).tolist(), pad_maps([None], 3)
+    ([[0, 0, 1], [0, 0, 0]], None)
+    """
+    if any(m is None for m in maps):
+        return None
+    out = torch.zeros(len(maps), T, dtype=torch.long)
+    for b, m in enumerate(maps):
+        out[b, : len(m)] = m
+    return out
 
 
 def _pad_stack(xs: Sequence[torch.Tensor], T: int) -> torch.Tensor:

@@ -56,13 +56,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from d2lib.core import io
 from d2lib.world import video as videolib
 from d2lib.world.synth import VideoSpec, WorldConfig, _coverage, _window, track
 
@@ -302,7 +302,7 @@ def write_mask_cache(path: str | os.PathLike, masks: Mapping[str, np.ndarray],
     has the video, ``{video}::times`` (one per frame); plus ``__meta__``, a JSON string holding ``meta``
     (JSON-able, e.g. fps and size) and the list of videos. Videos are written in sorted order and
     numpy stamps every entry with the fixed zip date 1980-01-01, so the same input gives the same bytes.
-    Written to a temporary file in the same folder, then moved into place (``os.replace``).
+    Written atomically (:func:`d2lib.core.io.atomic_file`): a reader never sees half a cache.
     """
     path = Path(path)
     times = dict(times or {})
@@ -325,15 +325,8 @@ def write_mask_cache(path: str | os.PathLike, masks: Mapping[str, np.ndarray],
         raise ValueError(f"{path}: times given for videos without masks: {unknown[:3]}")
     info = {"meta": dict(meta or {}), "videos": sorted(masks)}
     arrays[CACHE_META] = np.asarray(json.dumps(info, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with io.atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, allow_pickle=False, **arrays)
     return path
 
 

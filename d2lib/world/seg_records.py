@@ -1,7 +1,7 @@
 """Records of the pixel-grounding tasks: referring segmentation, spatio-temporal grounding, grounded captions.
 
 Part of lesson 09, pixel grounding. The three tasks answer with ``<seg>`` masks; their records use the
-E.T. Bench schema of :mod:`d2lib.world.datasets` (``idx, task, source, video, duration, q``, spans ``tgt``
+E.T. Bench schema of :mod:`d2lib.world.records` (``idx, task, source, video, duration, q``, spans ``tgt``
 in seconds, captions ``g``) plus an object id wherever a mask is the answer. Masks are never stored
 in a record: a record names the object, and the answer is that object's masks in its ``video``
 (:func:`d2lib.world.masks.video_masks` / the mask cache, ``masks[obj]``), restricted to the frames the task
@@ -23,7 +23,7 @@ grounds (:func:`answer_masks`).
 Validation (:func:`validate_seg_record`, :func:`validate_seg_records`) is strict — nothing is repaired:
 an unknown task or key, a missing field, an object id out of range, a span outside the video or
 reversed, captions not aligned with spans, a phrase that is not in its caption all raise
-:class:`d2lib.world.datasets.DatasetError` (a ``ValueError``) naming the file/record and the problem.
+:class:`d2lib.world.records.DatasetError` (a ``ValueError``) naming the file/record and the problem.
 
 >>> from d2lib.world import synth
 >>> recs = make_seg_records(synth.sample_video(3, synth.WorldConfig()), "videos/demo.mp4")
@@ -32,7 +32,7 @@ reversed, captions not aligned with spans, a phrase that is not in its caption a
 >>> validate_seg_record({**recs[0], "obj": 7}, "demo.json", n_objects=2)
 Traceback (most recent call last):
 ...
-d2lib.world.datasets.DatasetError: demo.json (idx 0, task rvos): 'obj' = 7 is out of range: the video has 2 objects (ids 0..1)
+d2lib.world.records.DatasetError: demo.json (idx 0, task rvos): 'obj' = 7 is out of range: the video has 2 objects (ids 0..1)
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from d2lib.world import synth
-from d2lib.world.datasets import REQUIRED_KEYS, DatasetError, _fail, _is_int, _is_number, _is_span, _nonempty_text, _plain
+from d2lib.world.records import REQUIRED_KEYS, DatasetError, _fail, _is_int, _is_number, _is_span, _nonempty_text, _plain
 from d2lib.world.synth import FMT, VideoSpec
 
 __all__ = [
@@ -151,7 +151,7 @@ def validate_seg_record(rec: Mapping, where: str, n_objects: int | None = None) 
     """Check one ``rvos`` / ``stg`` / ``gcap`` record; return a plain-JSON copy (nothing is repaired).
 
     ``n_objects``: how many objects the record's video has (object ids must be below it); without it
-    ids need only be integers >= 0. Raises :class:`d2lib.world.datasets.DatasetError` naming ``where``, the
+    ids need only be integers >= 0. Raises :class:`d2lib.world.records.DatasetError` naming ``where``, the
     record's idx and task, and the problem.
 
     >>> r = {"idx": 4, "task": "stg", "source": "shapes", "video": "v.mp4", "duration": 20, "q": "?",
@@ -159,7 +159,7 @@ def validate_seg_record(rec: Mapping, where: str, n_objects: int | None = None) 
     >>> validate_seg_record(r, "seg.json")
     Traceback (most recent call last):
     ...
-    d2lib.world.datasets.DatasetError: seg.json (idx 4, task stg): 'tgt' = [9, 3] is reversed (start > end)
+    d2lib.world.records.DatasetError: seg.json (idx 4, task stg): 'tgt' = [9, 3] is reversed (start > end)
     """
     if not isinstance(rec, Mapping):
         raise DatasetError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
@@ -224,7 +224,7 @@ def validate_seg_record(rec: Mapping, where: str, n_objects: int | None = None) 
 
 def validate_seg_records(records: Iterable[Any], where: str, metas: Mapping[str, Mapping] | None = None) -> list[dict]:
     """Validate a list of records (:func:`validate_seg_record`); duplicate ``(task, source, idx)`` is an
-    error. ``metas``: ``{video: meta.json entry}`` (as :func:`d2lib.world.datasets.load_shapes` returns them):
+    error. ``metas``: ``{video: meta.json entry}`` (as :func:`d2lib.world.records.load_shapes` returns them):
     every record's video must have one, with the record's duration, and object ids are checked against
     its objects."""
     out, seen = [], {}

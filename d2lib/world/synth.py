@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2lib.core import config
+from d2lib.core import config, io
 from d2lib.core.spans import format_span
 
 SHAPES = ("circle", "square", "triangle")
@@ -553,23 +553,25 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int = 
     """Encode ``uint8 (N, H, W, 3)`` RGB frames as H.264 (libx264, yuv420p) at ``fps``.
 
     Fixed encoder settings, one thread and bit-exact muxing without metadata, so the same frames
-    give the same bytes (on one ffmpeg/x264 build). Written to a temp file, then renamed."""
+    give the same bytes (on one ffmpeg/x264 build). Written atomically (:func:`d2lib.core.io.write_with`:
+    ffmpeg writes a temporary file that replaces ``path`` only once it is complete)."""
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     n, h, w, _ = frames.shape
     if n == 0 or h % 2 or w % 2:
         raise ValueError(f"need >= 1 frame with even height and width, got shape {frames.shape}")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
-           "-an", "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(crf), "-pix_fmt", "yuv420p",
-           "-threads", "1", "-map_metadata", "-1", "-bitexact", "-fflags", "+bitexact",
-           "-flags:v", "+bitexact", "-f", "mp4", str(tmp)]
-    res = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg failed writing {path}: {res.stderr.decode(errors='replace')[-500:]}")
-    os.replace(tmp, path)
+
+    def encode(tmp: Path) -> None:
+        cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
+               "-an", "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(crf), "-pix_fmt", "yuv420p",
+               "-threads", "1", "-map_metadata", "-1", "-bitexact", "-fflags", "+bitexact",
+               "-flags:v", "+bitexact", "-f", "mp4", str(tmp)]
+        res = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed writing {path}: {res.stderr.decode(errors='replace')[-500:]}")
+
+    io.write_with(path, encode)
 
 
 # ----------------------------------------------------------------------------- records
@@ -724,12 +726,6 @@ def tokenize(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- splits and exports
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _vid(video_rel: str) -> str:
     return Path(video_rel).stem
 
@@ -808,10 +804,10 @@ def render_split(out_dir: str | os.PathLike, n_videos: int, seed: int, cfg: Worl
     for f in (out / "videos").glob(f"{name}_*.mp4"):
         if f.name not in keep:
             f.unlink()
-    _atomic_write(out / "annotations.json", json.dumps(records, indent=1))
-    _atomic_write(out / "meta.json", json.dumps(metas, indent=1))
-    _atomic_write(out / "charades.txt", "".join(line + "\n" for line in export_charades(records)))
-    _atomic_write(out / "youcook2.json", json.dumps(export_youcook2(records, metas, SUBSETS.get(name, name)), indent=1))
+    io.write_json(out / "annotations.json", records, indent=1)
+    io.write_json(out / "meta.json", metas, indent=1)
+    io.write_text(out / "charades.txt", "".join(line + "\n" for line in export_charades(records)))
+    io.write_json(out / "youcook2.json", export_youcook2(records, metas, SUBSETS.get(name, name)), indent=1)
     return records, metas
 
 
