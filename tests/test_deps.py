@@ -66,3 +66,16 @@ def test_package_inits_hold_only_a_docstring():
         assert isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), init
         rest = [n for n in body[1:] if not (isinstance(n, ast.Assign) and n.targets[0].id == "__version__")]
         assert rest == [], f"{init} does more than document its package"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_each_lesson_opens_by_naming_the_modules_it_imports(notebook):
+    import json
+    import re
+
+    first = "".join(json.loads(notebook.read_text())["cells"][0]["source"])
+    line = next(ln for ln in first.splitlines() if ln.startswith("**The library code this lesson uses:**"))
+    named = set(re.findall(r"`(d2lib/[\w/]+\.py)`", line))
+    imported = {str(deps.module_file(ROOT, n).relative_to(ROOT))
+                for n in deps.imports_of_source(deps.notebook_source(notebook)) if deps.module_file(ROOT, n)}
+    assert named == imported
