@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ablation_fixture import fake_cells, fake_records
-from d2lib.study import aggregate, peers
+from d2lib.study import aggregate, peer_table, peers
 
 # per row and seed: frame tokens per prompt, frames per video, training steps, trainable parameters
 COSTS = {("full", 0): (8.0, 40.0, 200, 5000), ("full", 1): (10.0, 40.0, 200, 5000),
@@ -35,12 +35,12 @@ def _cells(root):
 
 def test_costs_are_read_per_kind_of_cell_and_averaged_over_seeds(tmp_path):
     cells = _cells(tmp_path)
-    full, stc, uni = (peers.costs(cells, r) for r in ("full", "stc", "univtg"))
+    full, stc, uni = (peer_table.costs(cells, r) for r in ("full", "stc", "univtg"))
     assert full["frame_tokens"] == 9.0 and full["train_steps"] == 200 and full["trainable_params"] == 5000
     assert stc["frame_tokens"] == 4.0  # the seed that did not count is left out, not read as 0
     assert uni["trainable_params"] == 900 and uni["train_steps"] == 300 and uni["kind"] == "specialist"
     assert full["seeds"] == uni["seeds"] == [0, 1] and full["frames_per_video"] == 40.0
-    assert peers.costs(cells, "absent")["frame_tokens"] is None
+    assert peer_table.costs(cells, "absent")["frame_tokens"] is None
 
 
 def test_table_cost_columns_csv_json_and_display(tmp_path, monkeypatch):
@@ -48,7 +48,7 @@ def test_table_cost_columns_csv_json_and_display(tmp_path, monkeypatch):
     root = tmp_path / "peers"
     _cells(root)
     pcfg = peers.PeersConfig(rows=("full", "stc"), specialists=("univtg",), seeds=(0, 1), n_boot=50)
-    out = peers.aggregate(pcfg, root=root, metrics_path=tmp_path / "m" / "peers.json", plots_dir=tmp_path / "p")
+    out = peer_table.aggregate(pcfg, root=root, metrics_path=tmp_path / "m" / "peers.json", plots_dir=tmp_path / "p")
     table = out["table"].set_index("row")
     assert table["frame_tokens"].to_dict() == {"full": 9.0, "stc": 4.0, "univtg": 40.0}
     assert table["train_steps"].to_dict() == {"full": 200, "stc": 200, "univtg": 300}
@@ -58,7 +58,7 @@ def test_table_cost_columns_csv_json_and_display(tmp_path, monkeypatch):
     assert np.array_equal(saved["trainable_params"], table["trainable_params"])
     j = json.loads((tmp_path / "results" / "peers.json").read_text())
     assert j["rows"]["stc"]["cost"]["frame_tokens"] == 4.0 and j["rows"]["univtg"]["cost"]["trainable_params"] == 900
-    shown = peers.display_table(out["table"])
+    shown = peer_table.display_table(out["table"])
     assert shown.loc["STC pooling", "frame tokens / video"] == "4.0"
     assert shown.loc["D²VLM (full)", "train steps"] == "200"
     assert shown.loc["UniVTG-style specialist", "train steps"] == "300"
@@ -69,8 +69,8 @@ def test_table_cost_columns_csv_json_and_display(tmp_path, monkeypatch):
     assert "300 vs 200 training steps" in j["statement"]
     assert "vs 200 training steps" not in j["statement"].split("\n")[0]  # stc: the same steps, not listed
     no_cost = out["table"].assign(frame_tokens=None, trainable_params=float("nan"))
-    assert set(peers.display_table(no_cost)["frame tokens / video"]) == {"—"}
-    assert set(peers.display_table(no_cost)["trainable params"]) == {"—"}
+    assert set(peer_table.display_table(no_cost)["frame tokens / video"]) == {"—"}
+    assert set(peer_table.display_table(no_cost)["trainable params"]) == {"—"}
 
 
 def test_one_loader_reads_the_peers_cells_and_the_reused_ablation_cells(tmp_path):
@@ -80,7 +80,7 @@ def test_one_loader_reads_the_peers_cells_and_the_reused_ablation_cells(tmp_path
     pcfg = peers.PeersConfig(rows=("stc",), from_ablation=("full",), specialists=(), seeds=(0,), eval_tasks=("tvg",))
     assert peers.source_dir(pcfg, "full", 0, root, abl) == aggregate.cell_folder("full", 0, abl) == abl / "full" / "0"
     assert peers.source_dir(pcfg, "stc", 0, root, abl) == peers.cell_dir("stc", 0, root)
-    rec = peers.load_records({("full", 0): {}, ("stc", 0): {}}, pcfg, root, abl)
+    rec = peer_table.load_records({("full", 0): {}, ("stc", 0): {}}, pcfg, root, abl)
     assert set(rec["row"]) == {"full", "stc"} and set(rec["task"]) == {"tvg"}  # only the peers' tasks
     full = aggregate.load_records([("full", 0)], abl)
     assert len(rec[rec.row == "full"]) == (full.task == "tvg").sum() < len(full)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ablation_fixture import fake_cells, fake_records, mini_project
-from d2lib.study import ablation, peers
+from d2lib.study import ablation, peer_table, peers
 from d2lib.core import config, headline, timing
 from d2lib.peers import univtg
 from d2lib.core.config import ConfigError
@@ -236,7 +236,7 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path, monkeypa
     root = tmp_path / "peers"
     cells = _fixture_cells(root)
     pcfg = peers.PeersConfig(rows=("full", "text_timestamps"), specialists=("univtg",), seeds=(0,), n_boot=200)
-    out = peers.aggregate(pcfg, root=root, metrics_path=tmp_path / "m" / "peers.json", plots_dir=tmp_path / "p")
+    out = peer_table.aggregate(pcfg, root=root, metrics_path=tmp_path / "m" / "peers.json", plots_dir=tmp_path / "p")
     table = out["table"].set_index("row")
     assert list(table.index) == ["full", "text_timestamps", "univtg"]
     for row in table.index:
@@ -250,7 +250,7 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path, monkeypa
     assert table.loc["univtg", "frame_tokens"] == 40.0 and table.loc["univtg", "trainable_params"] == 900
     assert table.loc["full", "trainable_params"] == 5000 and table.loc["univtg", "train_steps"] == 300
     assert not {"train_s", "infer_s_per_query"} & set(table.columns)  # wall times: the timing logs, via bench
-    shown = peers.display_table(out["table"])
+    shown = peer_table.display_table(out["table"])
     assert shown.loc["UniVTG-style specialist", "dvc F1"] == "n/a" and shown.loc["D²VLM (full)", "seeds"] == "1 (0)"
     assert shown.loc["D²VLM (full)", "trainable params"] == "5,000" and shown.loc["D²VLM (full)", "train steps"] == "200"
     assert {"train s", "inference ms / query"}.isdisjoint(shown.columns)
@@ -272,7 +272,7 @@ def test_aggregate_writes_the_table_comparisons_and_statement(tmp_path, monkeypa
     assert " ms" not in j["statement"] and "timing" not in j and j["rows"]["full"]["cost"]["trainable_params"] == 5000
     assert timing.read("peers_aggregate", root=tmp_path / "artifacts" / "logs" / "timing")["seconds"] >= 0
     with pytest.raises(FileNotFoundError, match="missing peers cell"):
-        peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), root=root, metrics_path=tmp_path / "x.json",
+        peer_table.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), root=root, metrics_path=tmp_path / "x.json",
                         plots_dir=tmp_path / "q")
 
 
@@ -286,23 +286,23 @@ def test_from_ablation_rows_are_read_from_the_ablation_cells_and_checked(tmp_pat
     pcfg = peers.PeersConfig(rows=("text_timestamps",), from_ablation=("full",), specialists=(), seeds=(0,),
                              n_boot=100, **{k: sched[k] for k in peers.SHARED_SCHEDULE})
     assert pcfg.cells() == [("text_timestamps", 0)] and pcfg.table_cells()[0] == ("full", 0)
-    out = peers.aggregate(pcfg, root=root, ablation_root=abl_root, metrics_path=tmp_path / "metrics" / "m.json",
+    out = peer_table.aggregate(pcfg, root=root, ablation_root=abl_root, metrics_path=tmp_path / "metrics" / "m.json",
                           plots_dir=tmp_path / "p")
     table = out["table"].set_index("row")
     assert list(table.index) == ["full", "text_timestamps"]
     assert table.loc["full", "source"] == "ablation" and table.loc["text_timestamps", "source"] == "peers"
     assert table.loc["full", "R@1@0.5"] == pytest.approx(reused[("full", 0)]["values"]["charades.R1@0.5"])
     assert set(out["records"]["task"]) == set(pcfg.eval_tasks)  # the ablation's other tasks are dropped
-    assert peers.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
+    assert peer_table.display_table(out["table"]).loc["D²VLM (full)", "cells"] == "ablation's"
     j = json.loads((tmp_path / "results" / "m.json").read_text())
     assert j["from_ablation"]["rows"] == ["full"] and "timing" not in j
     assert table.loc["text_timestamps", "R@1@0.5"] == pytest.approx(own[("text_timestamps", 0)]["values"]["charades.R1@0.5"])
     assert "text_timestamps/charades.R1@0.5" in j["comparisons"]
     kw = dict(root=root, ablation_root=abl_root, metrics_path=tmp_path / "x.json", plots_dir=tmp_path / "q")
     with pytest.raises(ConfigError, match=r"peers\.from_ablation.*sft_steps"):
-        peers.aggregate(dataclasses.replace(pcfg, sft_steps=sched["sft_steps"] + 1), **kw)
+        peer_table.aggregate(dataclasses.replace(pcfg, sft_steps=sched["sft_steps"] + 1), **kw)
     with pytest.raises(FileNotFoundError, match="missing ablation cell"):
-        peers.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), **kw)
+        peer_table.aggregate(dataclasses.replace(pcfg, seeds=(0, 1)), **kw)
 
 
 # ------------------------------------------------------------------------------ one real (tiny) specialist cell

@@ -250,6 +250,23 @@ def cell_dir(row: str, seed: int, root: str | Path | None = None) -> Path:
     return root_dir(root) / (preference_row(method) if method else base) / str(int(seed))
 
 
+Study = Literal["ablation", "peers"]
+
+
+def cell_folder(row: str, seed: int, root: str | Path | None = None, study: Study = "ablation",
+                ablation_rows: Sequence[str] = (), ablation_root: str | Path | None = None) -> Path:
+    """The folder of cell ``(row, seed)``: ``<root>/<row>/<seed>`` (``root`` default ``artifacts/<study>``;
+    the row by its params-safe name, :func:`d2lib.study.ablation.cell_dir`), or, for a row in
+    ``ablation_rows``, the ablation's cell under ``ablation_root`` (default ``artifacts/ablation``).
+
+    >>> cell_folder("full+fpo", 1, "/x").as_posix(), cell_folder("full", 0, "/p", "peers", ("full",), "/a").as_posix()
+    ('/x/full_fpo/1', '/a/full/0')
+    """
+    if row in ablation_rows:
+        return cell_dir(row, seed, ablation_root)
+    return cell_dir(row, seed, root if root is not None else paths.artifacts(study, mkdir=False))
+
+
 def sft_config(sft_cfg, acfg: AblationConfig):
     """The ``sft`` section with the ablation budget: ``steps`` and val queries; no intermediate checkpoints."""
     return dataclasses.replace(sft_cfg, steps=acfg.sft_steps, epochs=None, eval_max_queries=acfg.val_queries,
@@ -580,6 +597,6 @@ if __name__ == "__main__":
 
 __all__ = ["SFT_ROWS", "PREFERENCE", "BASE_OF_PREFERENCE", "LABELS", "CUMULATIVE", "PAPER", "METRICS",
            "EXTRA_METRICS", "ALL_METRICS", "TASK_METRICS", "QUERY_CONTROL_RATIO", "AblationConfig", "label",
-           "preference_row", "split_row", "load_config", "root_dir", "cell_dir", "sft_config", "fpo_config",
+           "preference_row", "split_row", "load_config", "root_dir", "cell_dir", "Study", "cell_folder", "sft_config", "fpo_config",
            "eval_config", "metric_value", "load_test", "evaluate_cell", "query_use", "count_frame_tokens",
            "inference_summary", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell", "main"]

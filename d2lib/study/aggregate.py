@@ -35,14 +35,13 @@ from d2lib.core import io, paths, timing
 from d2lib.core.stats import t_interval, video_bootstrap
 from d2lib.evaluation.record_metrics import seed_mean_records
 from d2lib.study import claims as C
-from d2lib.study.ablation import (CUMULATIVE, LABELS, METRICS, PAPER, QUERY_CONTROL_RATIO, AblationConfig, cell_dir,
-                                  label, split_row)
+from d2lib.study.ablation import (CUMULATIVE, LABELS, METRICS, PAPER, QUERY_CONTROL_RATIO, AblationConfig, Study,
+                                  cell_dir, cell_folder, label, split_row)
 
-__all__ = ["cell_folder", "load_cells", "load_records", "cells_frame", "summarize", "wide_table",
+__all__ = ["load_cells", "load_records", "cells_frame", "summarize", "wide_table",
            "query_control_table", "query_control_summary", "schedule_text", "cell_schedule", "cell_wall_times",
            "aggregate", "main"]
 
-Study = Literal["ablation", "peers"]
 # The command that writes a study's cell (named in the error when a cell is missing).
 _CELL_COMMANDS = {"ablation": "python -m d2lib.study.ablation cell --variant {row} --seed {seed}",
                   "peers": "python -m d2lib.study.peers cell --row {row} --seed {seed}"}
@@ -51,20 +50,6 @@ _CELL_COMMANDS = {"ablation": "python -m d2lib.study.ablation cell --variant {ro
 # ------------------------------------------------------------------------------------------------
 # reading cells
 # ------------------------------------------------------------------------------------------------
-def cell_folder(row: str, seed: int, root: str | Path | None = None, study: Study = "ablation",
-                ablation_rows: Sequence[str] = (), ablation_root: str | Path | None = None) -> Path:
-    """The folder of cell ``(row, seed)``: ``<root>/<row>/<seed>`` (``root`` default ``artifacts/<study>``;
-    the row by its params-safe name, :func:`d2lib.study.ablation.cell_dir`), or, for a row in
-    ``ablation_rows``, the ablation's cell under ``ablation_root`` (default ``artifacts/ablation``).
-
-    >>> cell_folder("full+fpo", 1, "/x").as_posix(), cell_folder("full", 0, "/p", "peers", ("full",), "/a").as_posix()
-    ('/x/full_fpo/1', '/a/full/0')
-    """
-    if row in ablation_rows:
-        return cell_dir(row, seed, ablation_root)
-    return cell_dir(row, seed, root if root is not None else paths.artifacts(study, mkdir=False))
-
-
 def _missing(path: Path, row: str, seed: int, study: Study, reused: bool) -> str:
     """The error for a missing cell: the file, and the command that writes it."""
     if reused:
