@@ -87,3 +87,21 @@ def test_widget_ids_are_renumbered_by_position_not_by_value():
 
     one, two = nb_with(["f" * 32, "0" * 32]), nb_with(["1" * 32, "e" * 32])
     assert one == two and "f" * 32 not in one
+
+
+def _with_widget(model_name: str):
+    """A notebook whose only cell displays a box holding one widget of ``model_name`` (as tqdm.auto does)."""
+    state = {"box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_bar"]}},
+             "bar": {"model_name": model_name, "state": {"value": 27.0}}}
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {nbnorm.WIDGET_STATE: {"state": state, "version_major": 2, "version_minor": 0}}
+    nb.cells = [nbformat.v4.new_code_cell("model = load()", outputs=[nbformat.v4.new_output(
+        "display_data", data={nbnorm.WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0}})])]
+    return nb
+
+
+def test_a_progress_bar_widget_is_refused_naming_its_cell_and_other_widgets_pass():
+    with pytest.raises(nbnorm.ProgressBarError, match=r"cells \[0\]"):
+        nbnorm.normalize(_with_widget("FloatProgressModel"))
+    assert nbnorm.progress_bar_cells(_with_widget("FloatSliderModel")) == []
+    nbnorm.normalize(_with_widget("FloatSliderModel"))

@@ -11,7 +11,10 @@ Through nbformat (no text surgery), it
 - moves the cells' ``stderr`` streams — progress bars with rates and elapsed times, warnings that
   name this machine's paths — to ``artifacts/logs/<stem>.stderr.txt``;
 - renames the ipywidgets model ids (random UUIDs) to ids numbered in order of appearance;
-- drops ``language_info.version`` (the Python patch release; the pinned packages are in pyproject).
+- drops ``language_info.version`` (the Python patch release; the pinned packages are in pyproject);
+- refuses a notebook that shows a progress-bar *widget* (``tqdm.auto`` in a kernel, e.g. transformers'
+  "Loading weights"): its items-per-second text lives in the widget state, where no rule can tell it
+  from a result — :class:`ProgressBarError` names the cell, so the lesson or the library silences it.
 
 Everything else, outputs included, is kept as it is. Running it twice changes nothing.
 """
@@ -82,8 +85,28 @@ def _rename(obj, names: dict[str, str]):
     return obj
 
 
+class ProgressBarError(ValueError):
+    """An executed lesson displays a progress-bar widget (its rate differs from run to run)."""
+
+
+def progress_bar_cells(nb) -> list[int]:
+    """Indices of the cells whose outputs display a progress-bar widget (a ``FloatProgress``, alone or
+    inside a box, as ``tqdm.auto`` draws it)."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    bars = {k for k, v in state.items() if v.get("model_name") == "FloatProgressModel"}
+    boxes = {k for k, v in state.items() if bars & set(_refs(v.get("state", {})))}
+    shown = bars | boxes
+    return [i for i, cell in enumerate(nb.cells) for out in cell.get("outputs", [])
+            if out.get("data", {}).get(WIDGET_VIEW, {}).get("model_id") in shown]
+
+
 def normalize(nb) -> tuple[object, dict, str]:
     """Normalize ``nb`` in place (module docstring); return it, the timings removed and the stderr text."""
+    bar_cells = progress_bar_cells(nb)
+    if bar_cells:
+        raise ProgressBarError(f"cells {sorted(set(bar_cells))} display a progress-bar widget: its it/s text differs "
+                               "from run to run, so the executed lesson would not reproduce; silence it "
+                               "(transformers.utils.logging.disable_progress_bar(), or tqdm's disable=True)")
     timings: dict = {}
     pm = nb.metadata.get("papermill", {})
     for k in TIMING_KEYS:
