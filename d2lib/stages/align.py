@@ -173,13 +173,9 @@ def run(model_cfg: ModelConfig, cfg: AlignConfig, out_dir: str | Path | None = N
 
 def load(out_dir: str | Path | None = None):
     """``(model, tokenizer)`` of a finished align stage (the model in eval mode)."""
-    import transformers  # noqa: F401  (so that its progress-bar switch exists)
-
     from d2lib.vlm.tokens import load_tokenizer
-    from d2lib.training.train import _no_hf_progress_bars
 
-    with _no_hf_progress_bars():  # no "Loading weights" bars in the lessons
-        model = D2VLM.from_pretrained(model_dir(out_dir)).eval()
+    model = D2VLM.from_pretrained(model_dir(out_dir)).eval()  # (loads with transformers' progress bars off)
     return model, load_tokenizer(tokenizer_dir(out_dir))
 
 

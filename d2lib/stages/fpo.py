@@ -489,12 +489,9 @@ def load_sft(sft_dir: str | Path | None = None):
     ``<sft_dir>/tokenizer`` or stage align's."""
     from d2lib.stages import align
     from d2lib.vlm.tokens import load_tokenizer
-    from d2lib.training.train import _no_hf_progress_bars
-
     d = Path(sft_dir or sft_dir_default())
     md = _model_dir(d)
-    with _no_hf_progress_bars():
-        model = D2VLM.from_pretrained(md).eval()
+    model = D2VLM.from_pretrained(md).eval()
     tok_dir = next((c for c in (md / "tokenizer", d / "tokenizer") if c.is_dir()), align.tokenizer_dir())
     return model, load_tokenizer(tok_dir)
 

@@ -90,11 +90,11 @@ def consistency_hook(model: D2VLM, variant: Variant):
 def export_sft(model: D2VLM, folder: Path) -> None:
     """``export_fn`` for :func:`d2lib.training.train.fit`: the merged model (loads without peft) and, with
     LoRA, the adapter (``folder/adapter``, peft format) for FPO to continue from."""
-    from d2lib.training.train import _no_hf_progress_bars
+    from d2lib.vlm.model import no_progress_bars
 
-    with _no_hf_progress_bars():
-        model.save_pretrained(folder)
-        if hasattr(model.lm, "peft_config"):
+    model.save_pretrained(folder)
+    if hasattr(model.lm, "peft_config"):
+        with no_progress_bars():
             model.lm.save_pretrained(folder / "adapter")
 
 

@@ -490,34 +490,22 @@ def export_model(model: nn.Module, folder: Path) -> None:
     """
     from safetensors.torch import save_file, save_model
 
+    from d2lib.vlm.model import no_progress_bars
+
     folder.mkdir(parents=True, exist_ok=True)
     inner = {n: m for n, m in peft_submodules(model).items() if n}
     if inner:
         for name, pm in inner.items():
-            with _no_hf_progress_bars():
+            with no_progress_bars():
                 pm.save_pretrained(folder / ("adapter" if len(inner) == 1 else f"adapter-{name}"))
         if hasattr(model, "save_pretrained"):
             save_file(trainable_state(model), str(folder / "trainable.safetensors"))
             return
     if hasattr(model, "save_pretrained"):
-        with _no_hf_progress_bars():
+        with no_progress_bars():
             model.save_pretrained(folder)
     else:
         save_model(model, str(folder / "model.safetensors"))
-
-
-@contextlib.contextmanager
-def _no_hf_progress_bars():
-    """Silence transformers' "Writing model shards" bar (one per checkpoint otherwise)."""
-    hf = sys.modules.get("transformers.utils.logging")
-    was_on = hf is not None and hf.is_progress_bar_enabled()
-    if was_on:
-        hf.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf.enable_progress_bar()
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

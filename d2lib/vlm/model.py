@@ -382,8 +382,9 @@ class Generation:
 # --- the model ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _no_loading_bars():
-    """transformers' "Loading weights" progress bars off while loading (restored after)."""
+def no_progress_bars():
+    """transformers' progress bars ("Loading weights", "Writing model shards") off inside the block, restored
+    after: an executed lesson must not hold a bar, whose items-per-second text differs from run to run."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
@@ -480,8 +481,9 @@ class D2VLM(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lm = copy.deepcopy(self.lm).merge_and_unload() if hasattr(self.lm, "peft_config") else self.lm
-        lm.save_pretrained(path / "lm")
-        self.tower.save_pretrained(path / "vision")
+        with no_progress_bars():
+            lm.save_pretrained(path / "lm")
+            self.tower.save_pretrained(path / "vision")
         own = {k: v.detach().contiguous() for k, v in self.state_dict().items()
                if not k.startswith(("lm.", "tower."))}
         io.write_with(path / "d2vlm.safetensors", lambda tmp: save_file(own, str(tmp)))
@@ -514,7 +516,7 @@ class D2VLM(nn.Module):
         cfg, variant, ids = read("d2vlm.json", lambda f: (_config.from_dict(ModelConfig, meta["model"], "model"),
                                                          _config.from_dict(Variant, meta["variant"], "variant"),
                                                          meta["ids"]))
-        with _no_loading_bars():  # an executed lesson must not hold a progress bar's rate (it.s⁻¹ differ per run)
+        with no_progress_bars():
             lm = read("lm", lambda f: Phi3ForCausalLM.from_pretrained(f, attn_implementation=cfg.attn_implementation))
             tower = read("vision", SiglipVisionModel.from_pretrained)
         model = cls(cfg, variant, lm, tower, ids)
