@@ -49,8 +49,9 @@ def test_an_import_chain_explains_a_dep():
     assert chain[-1] == "d2lib.core.spans" and len(chain) >= 2
 
 
-@pytest.mark.parametrize("stage", ["ablation_sft", "ablation_pref", "peers", "peers_univtg"])
-def test_training_cells_do_not_read_figures_tables_or_claims(stage):
+@pytest.mark.parametrize("stage", ["align", "sft", "fpo", "ablation_sft", "ablation_pref", "peers", "peers_univtg"])
+def test_training_stages_and_cells_do_not_read_figures_tables_or_claims(stage):
+    """A figure edit re-runs a lesson, never a training run (lessons 03-05 read the training stages back)."""
     got = deps.derived_deps(ROOT, STAGES[stage])
     assert not {"d2lib/study/plots.py", "d2lib/study/aggregate.py", "d2lib/study/claims.py"} & set(got)
 

@@ -100,3 +100,18 @@ def test_fpo_csvs_are_the_bytes_pandas_writes(tmp_path):
     df.to_csv(tmp_path / "ref.csv", index=False)
     assert (tmp_path / "pairs_val.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs_val.csv", "ref.csv"]
+    # and read back as the lesson gets them (fpo.load_result): the same rows before and after
+    back_before, back_after = fpo._read_pair_rows(tmp_path / "pairs_val.csv")
+    assert back_after == rows and back_before == before
+
+
+def test_a_run_is_read_back_from_its_logs_or_named_unfinished(tmp_path):
+    from d2lib.training import train
+
+    with pytest.raises(FileNotFoundError, match="final"):
+        train.read_fit(tmp_path)  # no final/: the run has not finished
+    (tmp_path / "final").mkdir()
+    (tmp_path / "loss.csv").write_text("step,loss\n10,2.5\n20,1.25\n")
+    (tmp_path / "val.csv").write_text("step,R1@0.5\n20,0.375\n")
+    fit = train.read_fit(tmp_path)
+    assert fit.steps == 20 and fit.last == {"step": 20.0, "loss": 1.25} and fit.val == [{"step": 20.0, "R1@0.5": 0.375}]

@@ -80,6 +80,19 @@ def read_all(prefix: str = "", root: str | os.PathLike | None = None) -> dict[st
     return out
 
 
+def seconds(name: str, root: str | os.PathLike | None = None) -> dict[str, float]:
+    """The wall times logged for ``name`` as ``{part: seconds}`` (``train_s`` → ``train``), the
+    ``seconds`` dict of a stage result read back from disk (rates such as ``steps_per_s`` are not times).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = log("align", root=d, train_s=60.0, steps_per_s=1.5)
+    >>> seconds("align", root=d)
+    {'train': 60.0}
+    """
+    return {k[:-2]: v for k, v in read(name, root).items() if k.endswith("_s") and not k.endswith("_per_s")}
+
+
 class timer:
     """``with timer() as t: ...`` then ``t.seconds`` (wall time, ``time.perf_counter``)."""
 
@@ -92,4 +105,4 @@ class timer:
         return False
 
 
-__all__ = ["log", "read", "read_all", "timer", "path", "folder"]
+__all__ = ["log", "read", "read_all", "seconds", "timer", "path", "folder"]

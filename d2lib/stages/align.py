@@ -17,6 +17,7 @@ that base here: everything is trained fully (no LoRA) on the Shapes tasks whose 
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from d2lib.training import data, train, videotext
 from d2lib.world.records import SPLITS
 from d2lib.vlm import infer
-from d2lib.core import io, paths, spans, timing
+from d2lib.core import headline, io, paths, spans, timing
 from d2lib.vlm.model import D2VLM, ModelConfig
 from d2lib.training.train import AlignConfig, StageResult
 
@@ -179,5 +180,45 @@ def load(out_dir: str | Path | None = None):
     return model, load_tokenizer(tokenizer_dir(out_dir))
 
 
-__all__ = ["AlignResult", "run", "load", "save_tokenizer", "build_model", "align_examples", "video_captions", "AlignCollator",
+def write_results(res: AlignResult) -> None:
+    """What stage ``align`` leaves besides its folder: the full results (``artifacts/results/align.json``), their
+    headline numbers (``artifacts/metrics/align.json``) and the loss curve DVC plots (``artifacts/plots/align_loss.csv``)."""
+    headline.write("align", res.metrics)
+    train.export_loss_plot(res.out_dir / "loss.csv", paths.artifacts("plots", "align_loss.csv"), ["loss", "lm_loss"])
+
+
+def load_result(out_dir: str | Path | None = None) -> AlignResult:
+    """The finished stage read back (what lesson 03 shows): the model and tokenizer, the run's logs
+    (:func:`d2lib.training.train.read_fit`), the results the stage wrote and its logged wall times."""
+    out_dir = Path(out_dir or out_dir_default())
+    model, tok = load(out_dir)
+    metrics = json.loads(headline.results_path("align").read_text())
+    return AlignResult(model, tok, train.read_fit(out_dir), out_dir, metrics, timing.seconds("align"))
+
+
+def main(argv=None) -> None:
+    """``python -m d2lib.stages.align [--profile P]``: the stage as DVC runs it (:func:`run`, then
+    :func:`write_results`)."""
+    import argparse
+
+    from d2lib.core import config
+
+    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.align", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    args = ap.parse_args(argv)
+    model_cfg, cfg = config.load_section("model", profile=args.profile), config.load_section("align", profile=args.profile)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    with timing.timer() as t:
+        res = run(model_cfg, cfg, progress=False)
+        write_results(res)
+    timing.log("align", seconds=t.seconds)
+    print(json.dumps(res.metrics, indent=1))
+
+
+__all__ = ["AlignResult", "run", "load", "load_result", "write_results", "main", "save_tokenizer", "build_model", "align_examples", "video_captions", "AlignCollator",
            "make_eval_fn", "tokenizer_dir", "model_dir"]
+
+
+if __name__ == "__main__":
+    main()

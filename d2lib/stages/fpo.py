@@ -62,7 +62,7 @@ from torch import nn
 
 from d2lib.training import data, preference, train
 from d2lib.vlm import infer, lora, tokens
-from d2lib.core import io, paths, timing
+from d2lib.core import headline, io, paths, timing
 from d2lib.stages import sft
 from d2lib.core.config import check
 from d2lib.core.losses import fpo_loss, grounding_loglik, response_logprob, sequence_logprob
@@ -477,29 +477,16 @@ def sft_dir_default() -> Path:
     return paths.artifacts("sft", mkdir=False)
 
 
-def _model_dir(d: Path) -> Path:
-    for cand in (d, d / "final"):
-        if (cand / "d2vlm.json").is_file():
-            return cand
-    raise FileNotFoundError(f"{d}: no SFT model (d2vlm.json) there or in {d / 'final'} — run stage sft first")
-
-
 def load_sft(sft_dir: str | Path | None = None):
-    """``(merged SFT model in eval mode, tokenizer)``; the tokenizer is ``<model>/tokenizer``,
-    ``<sft_dir>/tokenizer`` or stage align's."""
-    from d2lib.stages import align
-    from d2lib.vlm.tokens import load_tokenizer
-    d = Path(sft_dir or sft_dir_default())
-    md = _model_dir(d)
-    model = D2VLM.from_pretrained(md).eval()
-    tok_dir = next((c for c in (md / "tokenizer", d / "tokenizer") if c.is_dir()), align.tokenizer_dir())
-    return model, load_tokenizer(tok_dir)
+    """``(merged SFT model in eval mode, tokenizer)`` of the SFT run in ``sft_dir`` (default ``artifacts/sft``):
+    :func:`d2lib.stages.sft.load_model`."""
+    return sft.load_model(sft_dir or sft_dir_default())
 
 
 def sft_tasks(sft_dir: str | Path | None = None) -> list[str] | None:
     """The tasks the SFT model in ``sft_dir`` was trained on (its ``training.json``), or None if unknown."""
     try:
-        f = _model_dir(Path(sft_dir or sft_dir_default())) / "training.json"
+        f = sft.model_dir(Path(sft_dir or sft_dir_default())) / "training.json"
         return list(json.loads(f.read_text())["config"]["tasks"])
     except (FileNotFoundError, KeyError, TypeError, ValueError):
         return None
@@ -670,7 +657,109 @@ def export_plots(res: FPOResult, plots_dir: str | Path | None = None) -> dict[st
     return out
 
 
+def _read_pair_rows(path: Path) -> tuple[list[dict], list[dict]]:
+    """``pairs_val.csv`` back to the (before, after) rows :func:`_write_pair_rows` wrote."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    after_cols = [c for c in df.columns if not c.startswith("before_")]
+    after = df[after_cols].to_dict(orient="records")
+    if not any(c.startswith("before_") for c in df.columns):
+        return [], after
+    before = df[after_cols].copy()
+    for c in ("text_c", "text_r", "ground_c", "ground_r"):
+        before[c] = df[f"before_{c}"]
+    return before.to_dict(orient="records"), after
+
+
+def compare_with_sft(res: FPOResult, cfg: FPOConfig, sft_dir: str | Path | None = None, n_boot: int = 1000) -> dict:
+    """The SFT model and the trained policy on the same val tvg queries (:func:`eval_tvg`; the policy's from
+    the run when ``cfg.eval_tvg`` scored them): ``{"val_tvg": policy scores, "val_tvg_sft": SFT scores,
+    "val_tvg_delta": {R1@0.5, R1@0.7, mIoU: policy − SFT, paired per query, with a 95% bootstrap interval
+    (:func:`d2lib.core.stats.paired_bootstrap_diff`)}, "ious": {"fpo": [...], "sft": [...]}}``."""
+    from d2lib.core import stats
+
+    sft_dir = Path(sft_dir or sft_dir_default())
+    sft_model, tok = load_sft(sft_dir)
+    val_recs = data.load_records("val")
+    val_videos = load_videos(sft_model, cfg, "val", None, sft_dir)
+    sft_tvg, sft_ious = eval_tvg(sft_model, val_recs, val_videos, tok, cfg)
+    if res.val_tvg_ious:
+        fpo_tvg, fpo_ious = res.metrics["val_tvg"], res.val_tvg_ious
+    else:  # cfg.eval_tvg was off during training
+        fpo_tvg, fpo_ious = eval_tvg(res.model, val_recs, val_videos, tok, cfg)
+    a, b = np.array(fpo_ious), np.array(sft_ious)
+    delta = {}
+    for key, fa, fb in (("R1@0.5", a >= 0.5, b >= 0.5), ("R1@0.7", a >= 0.7, b >= 0.7), ("mIoU", a, b)):
+        ci = stats.paired_bootstrap_diff(fa, fb, n_boot=n_boot, seed=0)
+        delta[key] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+    return {"val_tvg": fpo_tvg, "val_tvg_sft": sft_tvg, "val_tvg_delta": delta,
+            "ious": {"fpo": [float(x) for x in fpo_ious], "sft": [float(x) for x in sft_ious]}}
+
+
+def write_results(res: FPOResult, cfg: FPOConfig, variant_name: str) -> dict:
+    """What stage ``fpo`` leaves besides its folder: the plots (:func:`export_plots`), the comparison with the
+    SFT model (:func:`compare_with_sft`; both models' per-query IoUs in ``<out_dir>/val_tvg_ious.json``), the
+    full results (``artifacts/results/fpo.json``) and their headline numbers (``artifacts/metrics/fpo.json``).
+    Returns the results."""
+    import pandas as pd
+
+    files = export_plots(res)
+    cmp = compare_with_sft(res, cfg)
+    io.write_json(res.out_dir / "val_tvg_ious.json", cmp.pop("ious"))
+    keys = ("method", "use_grounding", "use_reference", "beta", "seed", "steps", "tasks", "sft_tasks", "pairs",
+            "pref_before", "pref_after", "pref_text_before", "pref_text_after", "train", "trainable")
+    results = {**{k: res.metrics[k] for k in keys}, "variant": variant_name, **cmp,
+               "pref_types": pd.read_csv(files["types"]).to_dict(orient="records")}
+    headline.write("fpo", results)
+    return results
+
+
+def load_result(cfg: FPOConfig, out_dir: str | Path | None = None) -> FPOResult:
+    """The finished stage read back (what lesson 05 shows): the policy (merged) and its tokenizer, the run's
+    logs (:func:`d2lib.training.train.read_fit`), the results :func:`write_results` wrote, the val pair rows
+    before/after (``pairs_val.csv``), the pairs (rebuilt: :func:`make_pairs` is deterministic) and the
+    policy's per-query val IoUs."""
+    out_dir = Path(out_dir or out_dir_default())
+    metrics = json.loads(headline.results_path("fpo").read_text())
+    model, tok = sft.load_model(out_dir)
+    before, after = _read_pair_rows(out_dir / "pairs_val.csv")
+    tr = make_pairs([r for r in data.load_records("train") if r["task"] in cfg.tasks], cfg, metrics["seed"])
+    va = val_pairs(data.load_records("val"), cfg)
+    ious = json.loads((out_dir / "val_tvg_ious.json").read_text())["fpo"]
+    return FPOResult(model, tok, train.read_fit(out_dir), out_dir, metrics, timing.seconds("fpo"), before, after,
+                     tr, va, ious)
+
+
+def main(argv=None) -> None:
+    """``python -m d2lib.stages.fpo [--variant NAME] [--seed S] [--profile P]``: the stage as DVC runs it
+    (:func:`run` from ``artifacts/sft`` into ``artifacts/fpo`` with ``fpo.use_grounding`` choosing FPO or DPO,
+    then :func:`write_results`)."""
+    import argparse
+
+    from d2lib.core import config
+
+    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.fpo", description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="full", help="the SFT model's response layout (default: full)")
+    ap.add_argument("--seed", type=int, default=None, help="default: params.yaml's fpo.seed")
+    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    args = ap.parse_args(argv)
+    cfg = config.load_section("fpo", profile=args.profile)
+    variant = config.load_section("variants", profile=args.profile).get(args.variant)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    with timing.timer() as t:
+        res = run(cfg, variant, args.seed, progress=False)
+        results = write_results(res, cfg, args.variant)
+    timing.log("fpo", seconds=t.seconds)
+    print(json.dumps({"val_tvg_delta": results["val_tvg_delta"], "pref_after": results["pref_after"]}, indent=1))
+
+
 __all__ = ["FPOConfig", "FAMILIES", "TYPES", "PAIR_TASKS", "method_name", "grounding_terms", "response_logps",
            "make_pairs", "val_pairs", "pair_examples", "LazyPairExamples", "PairCollator", "PreferenceModel", "PreferenceOutput",
            "export_policy", "score_pairs", "pair_accuracy", "accuracy_table", "render_pair", "eval_tvg", "FPOResult", "load_sft", "sft_tasks",
-           "load_videos", "run", "export_plots"]
+           "load_videos", "run", "export_plots", "compare_with_sft", "write_results", "load_result", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ for every (variant, seed) cell into its own folder. It writes to ``out_dir``:
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from d2lib.stages import align
 from d2lib.training import data, train
 from d2lib.vlm import infer, lora, tokens
-from d2lib.core import paths, timing
+from d2lib.core import headline, paths, timing
 from d2lib.vlm.model import D2VLM, Variant
 from d2lib.training.train import SFTConfig, StageResult
 
@@ -177,5 +178,89 @@ def run(cfg: SFTConfig, variant: Variant, seed: int | None = None, out_dir: str 
     return SFTResult(model, tok, res, out_dir, metrics, secs)
 
 
-__all__ = ["SFTResult", "run", "prepare_model", "prepare_vocabulary", "export_sft", "make_eval_fn", "load_inputs",
+def control_floor(records) -> dict:
+    """The query control scored on the ground truth itself (:func:`d2lib.vlm.infer.query_control` of perfect
+    answers): what a model that always finds the asked-for event gets with another query's answer, because
+    two events of a video can overlap. The floor under the control curve of lesson 04."""
+    tvg = [r for r in records if r["task"] == "tvg"]
+    return infer.query_control([{**r, "a": f"{r['tgt'][0]} - {r['tgt'][1]} </evi> The event happens in "
+                                          f"{r['tgt'][0]} - {r['tgt'][1]}."} for r in tvg])
+
+
+def write_results(res: SFTResult, variant_name: str) -> dict:
+    """What stage ``sft`` leaves besides its folder: the full results (``artifacts/results/sft.json``: the val
+    scores, their control floor, the random baseline, the run's size), their headline numbers
+    (``artifacts/metrics/sft.json``) and the curves DVC plots (``sft_loss.csv``, ``sft_val.csv`` with the control).
+    Returns the results."""
+    floor = control_floor(data.load_records("val"))
+    results = {**{k: res.metrics[k] for k in ("steps", "layout", "examples", "queries", "seed", "train", "trainable")},
+               "control_floor_R1@0.5": floor["ctrl_R1@0.5"],
+               "variant": variant_name, "val_tvg": res.metrics["val_tvg"], "random_tvg": res.metrics["random_tvg"]}
+    headline.write("sft", results)
+    train.export_loss_plot(res.out_dir / "loss.csv", paths.artifacts("plots", "sft_loss.csv"))
+    train.export_loss_plot(res.out_dir / "val.csv", paths.artifacts("plots", "sft_val.csv"),
+                           columns=("R1@0.5", "R1@0.7", "mIoU", "ctrl_R1@0.5", "any_event_R1@0.5", "e1_query_share"))
+    return results
+
+
+def model_dir(sft_dir: str | Path) -> Path:
+    """The merged model of an SFT run: ``sft_dir`` itself or its ``final/`` (whichever holds ``d2vlm.json``)."""
+    d = Path(sft_dir)
+    for cand in (d, d / "final"):
+        if (cand / "d2vlm.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{d}: no SFT model (d2vlm.json) there or in {d / 'final'} — run stage sft first")
+
+
+def load_model(sft_dir: str | Path | None = None):
+    """``(merged SFT model in eval mode, tokenizer)`` of the run in ``sft_dir`` (default ``artifacts/sft``); the
+    model loads without peft (LoRA merged; the adapter itself is in ``final/adapter``). The tokenizer is
+    ``<model>/tokenizer``, ``<sft_dir>/tokenizer`` (a variant that added words) or stage align's."""
+    from d2lib.vlm.tokens import load_tokenizer
+
+    d = Path(sft_dir or out_dir_default())
+    md = model_dir(d)
+    model = D2VLM.from_pretrained(md).eval()
+    tok_dir = next((c for c in (md / "tokenizer", d / "tokenizer") if c.is_dir()), align.tokenizer_dir())
+    return model, load_tokenizer(tok_dir)
+
+
+def load_result(out_dir: str | Path | None = None) -> SFTResult:
+    """The finished stage read back (what lesson 04 shows): the model and tokenizer (:func:`load_model`),
+    the run's logs (:func:`d2lib.training.train.read_fit`), the results :func:`write_results` wrote and the
+    logged wall times."""
+    out_dir = Path(out_dir or out_dir_default())
+    model, tok = load_model(out_dir)
+    metrics = json.loads(headline.results_path("sft").read_text())
+    return SFTResult(model, tok, train.read_fit(out_dir), out_dir, metrics, timing.seconds("sft"))
+
+
+def main(argv=None) -> None:
+    """``python -m d2lib.stages.sft [--variant NAME] [--seed S] [--profile P]``: the stage as DVC runs it
+    (:func:`run` into ``artifacts/sft``, then :func:`write_results`)."""
+    import argparse
+
+    from d2lib.core import config
+
+    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.sft", description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="full", help="a row of params.yaml `variants` (default: full)")
+    ap.add_argument("--seed", type=int, default=None, help="default: params.yaml's sft.seed")
+    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    args = ap.parse_args(argv)
+    cfg = config.load_section("sft", profile=args.profile)
+    variant = config.load_section("variants", profile=args.profile).get(args.variant)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    with timing.timer() as t:
+        res = run(cfg, variant, seed=args.seed, progress=False)
+        results = write_results(res, args.variant)
+    timing.log("sft", seconds=t.seconds)
+    print(json.dumps(results["val_tvg"], indent=1))
+
+
+__all__ = ["SFTResult", "run", "model_dir", "load_model", "load_result", "write_results", "control_floor", "main", "prepare_model", "prepare_vocabulary", "export_sft", "make_eval_fn", "load_inputs",
            "features_dir"]
+
+
+if __name__ == "__main__":
+    main()

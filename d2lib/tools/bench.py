@@ -52,11 +52,40 @@ def lesson_stages(dvc_yaml: Path | None = None) -> list[str]:
     return out
 
 
-def stage_times(nb_dir: Path | None = None, timing_root: Path | None = None) -> dict[str, float]:
-    """Seconds each executed lesson notebook took: papermill's duration, which :mod:`d2lib.tools.nbnorm` moves
-    from the notebook to its timing log (read from the notebook itself for one not normalized)."""
+def command_stages(dvc_yaml: Path | None = None) -> list[str]:
+    """The training stages the pipeline runs as library commands (``python -m d2lib.stages.X`` → ``X``, which is
+    also the name of the timing log its ``main`` writes).
+
+    >>> import tempfile, yaml
+    >>> f = Path(tempfile.mkdtemp()) / "dvc.yaml"
+    >>> _ = f.write_text(yaml.safe_dump({"stages": {"align": {"cmd": "python -m d2lib.core.numenv --threads 2 "
+    ...     "python -m d2lib.stages.align"}, "x": {"cmd": "papermill a.ipynb b.ipynb"}}}))
+    >>> command_stages(f)
+    ['align']
+    """
+    import re
+
+    import yaml
+    stages = yaml.safe_load(Path(dvc_yaml or paths.root_path("dvc.yaml")).read_text())["stages"]
+    out = []
+    for st in stages.values():
+        cmd = st.get("cmd", "")
+        cmd = " ".join(cmd) if isinstance(cmd, list) else cmd
+        out += re.findall(r"python -m d2lib\.stages\.(\w+)", cmd)
+    return out
+
+
+def stage_times(nb_dir: Path | None = None, timing_root: Path | None = None,
+                commands: list[str] | tuple = ()) -> dict[str, float]:
+    """Seconds each executed lesson notebook took — papermill's duration, which :mod:`d2lib.tools.nbnorm` moves
+    from the notebook to its timing log (read from the notebook itself for one not normalized) — and each
+    training stage in ``commands`` (:func:`command_stages`), the ``seconds`` its ``main`` logs."""
     nb_dir = nb_dir or paths.artifacts("notebooks", mkdir=False)
     out = {}
+    for name in commands:
+        sec = timing.read(name, root=timing_root).get("seconds")
+        if sec is not None:
+            out[name] = round(float(sec), 2)
     for nb in sorted(Path(nb_dir).glob("*.ipynb")):
         sec = timing.read(nb.stem, root=timing_root).get("notebook_s")
         if sec is None:
@@ -115,14 +144,17 @@ def repro_run(path: Path | None = None) -> dict | None:
                                     "complete", "failed") if k in rec}
 
 
-def missing_work(stages: dict, studies: dict[str, dict], lessons: list[str]) -> list[str]:
-    """What a budget verdict would leave out: lessons (``dvc.yaml``'s papermill stages) with no measured
-    time and configured cells with none. A verdict over a pipeline that did not run is no verdict.
+def missing_work(stages: dict, studies: dict[str, dict], lessons: list[str], commands: list[str] | tuple = ()
+                 ) -> list[str]:
+    """What a budget verdict would leave out: lessons (``dvc.yaml``'s papermill stages) and training stages
+    (``commands``) with no measured time, and configured cells with none. A verdict over a pipeline that did
+    not run is no verdict.
 
-    >>> missing_work({"01_video_data": 5.0}, {"ablation": {"missing": ["full/0"]}}, ["01_video_data", "03_align"])
-    ['lesson 03_align', 'ablation cell full/0']
+    >>> missing_work({"01_video_data": 5.0}, {"ablation": {"missing": ["full/0"]}}, ["01_video_data", "03_align"],
+    ...              ["align"])
+    ['lesson 03_align', 'stage align', 'ablation cell full/0']
     """
-    out = [f"lesson {nb}" for nb in lessons if nb not in stages]
+    out = [f"lesson {nb}" for nb in lessons if nb not in stages] + [f"stage {c}" for c in commands if c not in stages]
     for study, t in studies.items():
         out += [f"{study} cell {c}" for c in t.get("missing", [])]
     return out
@@ -141,15 +173,17 @@ def pipeline_times() -> dict:
     the sum. A verdict is ``None`` (refused) while a lesson or cell it covers has no measured time
     (``missing`` lists them), and ``False`` when no lesson has one: the budget of a pipeline that did not
     run is not met."""
-    stages = stage_times()
+    lessons, commands = [], []
+    for kind, find in ((lessons, lesson_stages), (commands, command_stages)):
+        try:
+            kind += find()
+        except (OSError, KeyError):
+            pass
+    stages = stage_times(commands=commands)
     abl, peers = cell_times("ablation"), cell_times("peers")
-    try:
-        lessons = lesson_stages()
-    except (OSError, KeyError):
-        lessons = []
     core_lessons = [nb for nb in lessons if nb not in PEER_STAGES]
-    missing_core = missing_work(stages, {"ablation": abl}, core_lessons)
-    missing_all = missing_work(stages, {"ablation": abl, "peers": peers}, lessons)
+    missing_core = missing_work(stages, {"ablation": abl}, core_lessons, commands)
+    missing_all = missing_work(stages, {"ablation": abl, "peers": peers}, lessons, commands)
     core = round(sum(v for k, v in stages.items() if k not in PEER_STAGES) + abl["total_s"], 1)
     total = round(sum(stages.values()) + abl["total_s"] + peers["total_s"], 1)
     run = repro_run()

@@ -907,6 +907,22 @@ def fit(model: nn.Module, train_data: Sequence, cfg: TrainConfig, out_dir: str |
                        time.perf_counter() - t0)
 
 
+def read_fit(out_dir: str | Path) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, read back from its folder: ``loss.csv`` and ``val.csv``
+    rows (numbers), ``final/`` and the last logged step. ``seconds`` is NaN: wall times live in the timing
+    log (:mod:`d2lib.core.timing`), not in the run's folder. A folder without ``final/`` is an error naming it
+    (the run did not finish)."""
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    if not final.is_dir():
+        raise FileNotFoundError(f"{final}: missing — the run in {out_dir} has not finished (train it first)")
+    rows = {name: [{k: float(v) for k, v in r.items()} for r in read_log_rows(out_dir / name)]
+            if (out_dir / name).is_file() else [] for name in ("loss.csv", "val.csv")}
+    history = rows["loss.csv"]
+    steps = int(history[-1]["step"]) if history else 0
+    return TrainResult(out_dir, final, steps, 0, history, rows["val.csv"], float("nan"))
+
+
 def _train_step(acc, model, optimizer, scheduler, trainable, data, collate_fn, parts_fn, cfg, step,
                 world, rank, send_to_device, groups=None):
     """One optimizer step = ``grad_accum`` micro-batches; returns the step's mean loss and parts
