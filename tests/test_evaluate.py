@@ -138,8 +138,15 @@ def test_run_tiny_model_and_baselines_write_every_file(split, tiny_model, tmp_pa
     # files relative to the system's folder in details.json (absolute in memory)
     assert details["files"]["etbench"] == "etbench/submission.json" and str(tmp_path) not in (d / "details.json").read_text()
     assert all((d / f).is_file() for f in details["files"].values()) and res[name].files["etbench"] == str(d / "etbench" / "submission.json")
+    # the full model answers ground-then-answer: one submission per stage next to the full one, the answer
+    # stage for every record, the evidence stage for the span-only tasks
+    stage_subs = {p: formats.read_etbench_submission(d / details["files"][f"etbench_{p}"]) for p in ("answer", "evidence")}
+    assert len(stage_subs["answer"]) == len(records)
+    assert {r["task"] for r in stage_subs["evidence"]} == {r["task"] for r in records} & set(formats.SPAN_TASKS)
+    assert not any("</evi>" in r["a"] for sub in stage_subs.values() for r in sub)
     # baselines: tvg + tal only, no evidence stage, no dvc files
     for b in ev.BASELINES:
+        assert not (tmp_path / "evaluate" / b / "etbench_stages").exists()
         bsub = formats.read_etbench_submission(tmp_path / "evaluate" / b / "etbench" / "submission.json")
         assert {r["task"] for r in bsub} == {"tvg", "tal"}
         assert not (tmp_path / "evaluate" / b / "timechat" / "dvc_pred.json").exists()

@@ -333,3 +333,33 @@ def test_exact_ties_in_the_set_are_exact():
     assert iou_exact([22, 28], [20.2, 25.9]) == Fraction(1, 2)
     assert iou_exact([10, 20], [10, 17]) == Fraction(7, 10) == iou_exact([0, 10], [0, 7])
     assert iou_exact([1.5, 3.5], [1.5, 1.7]) == Fraction(1, 10)
+
+
+def test_stage_files_give_a_first_span_reader_the_reported_stage_numbers(tmp_path):
+    """evaluate writes, next to the full responses, one file per stage (formats.write_etbench_stages). Read with
+    no delimiter — as E.T. Bench's compute_metrics.py reads any answer, first spans first — the answer file gives
+    every number reported for the answer stage, and the evidence file the ``_evi`` numbers of the span-only
+    tasks; the full file would give the evidence prefix instead."""
+    files = F.write_etbench_stages(tmp_path, SET)
+    full = score(SET)
+    answer = score(F.read_etbench_submission(files["answer"]), delimiter=None)
+    evidence = score(F.read_etbench_submission(files["evidence"]), delimiter=None)
+    assert set(evidence) == {g for g in full if g.split("/")[0] in F.SPAN_TASKS}
+    for g, ours in full.items():
+        plain = {k: v for k, v in ours.items() if isinstance(v, (int, float)) and "_evi" not in k}
+        assert_equal(answer[g], plain, f"answer file {g}", keys=list(plain))
+        if g in evidence:
+            evi = {k.replace("_evi", ""): v for k, v in ours.items() if isinstance(v, (int, float)) and "_evi" in k}
+            assert_equal(evidence[g], evi, f"evidence file {g}", keys=list(evi))
+    # the full file read the same way is the evidence prefix, not what is reported for the answer stage
+    assert score(SET, delimiter=None)["tvg/shapes"]["F1"] != full["tvg/shapes"]["F1"]
+
+
+def test_stage_file_keeps_an_option_answer_without_delimiter_whole():
+    """The one documented difference: a gvq answer without ``</evi>`` keeps its text in the answer file (its
+    option is read from the whole text), so a first-span reader also reads its span, which this project counts
+    as a failed grounding (as D²VLM's evaluator does)."""
+    rec = _rec("gvq", 0, [3, 7], "A. It happens in 3 - 7.", o=OPTS, p=0)
+    (back,) = F.stage_submission([rec], "answer")
+    assert back["a"] == rec["a"]
+    assert score([rec])["gvq/shapes"]["R@0.5"] == 0.0 and score([back], delimiter=None)["gvq/shapes"]["R@0.5"] == 1.0

@@ -59,7 +59,8 @@ from d2lib.core.spans import order_span
 __all__ = [
     "FormatError", "EVIDENCE_DELIMITER", "TIMECHAT_SPLITS",
     "write_json", "read_json", "video_id",
-    "etbench_submission", "write_etbench_submission", "read_etbench_submission",
+    "etbench_submission", "write_etbench_submission", "read_etbench_submission", "SPAN_TASKS",
+    "stage_submission", "write_etbench_stages",
     "timechat_tvg_spans", "timechat_tvg_predictions", "timechat_tvg_gt",
     "write_timechat_tvg", "read_timechat_tvg_predictions", "read_timechat_tvg_gt",
     "timechat_dvc_events", "timechat_dvc_predictions", "timechat_dvc_gt", "pure_cap",
@@ -188,6 +189,61 @@ def write_etbench_submission(path: str | os.PathLike, records: Sequence[Mapping]
     if "metrics" in Path(path).name:
         raise FormatError(f"{path}: compute_metrics.py skips files whose path contains 'metrics'")
     return write_json(etbench_submission(records, answers), path)
+
+
+SPAN_TASKS = ("tvg", "epm", "tem", "tal")  # E.T. Bench tasks whose answer is spans only (no option, no caption)
+
+
+def stage_submission(records: Sequence[Mapping], part: str, answers: Sequence[str | None] | None = None,
+                     delimiter: str = EVIDENCE_DELIMITER) -> list[dict]:
+    """One stage of ground-then-answer responses as its own E.T. Bench submission, for an evaluator that reads
+    the first spans of an answer (E.T. Bench's ``compute_metrics.py``): on the full response it would read the
+    evidence prefix. Each answer is cut at ``delimiter`` (:func:`d2lib.core.parsing.split_evidence`):
+
+    * ``"answer"``: the text after the last delimiter, every record. An answer without the delimiter keeps its
+      text when the record has options (the option is read from the whole text, as this project and D²VLM's
+      evaluator do) and becomes ``""`` otherwise (its grounding counts as failed, as theirs does).
+    * ``"evidence"``: the text before the first delimiter, for the span-only tasks (:data:`SPAN_TASKS`) only —
+      an evidence prefix has no option or caption for the other tasks' parsers to read.
+
+    >>> recs = [{"idx": 0, "task": "tvg", "source": "s", "video": "v", "q": "?"},
+    ...         {"idx": 1, "task": "tvg", "source": "s", "video": "v", "q": "?"}]
+    >>> full = ["21 - 27 </evi> The event happens in 8 - 25.", "It happens in 3 - 7."]
+    >>> [r["a"] for r in stage_submission(recs, "answer", full)]
+    [' The event happens in 8 - 25.', '']
+    >>> [r["a"] for r in stage_submission(recs, "evidence", full)]
+    ['21 - 27 ', '']
+    """
+    if part not in ("answer", "evidence"):
+        raise ValueError(f"part must be 'answer' or 'evidence', got {part!r}")
+    out_recs, out_answers = [], []
+    for r, a in zip(records, _answers(records, answers)):
+        evidence, answer, ok = split_evidence(a, delimiter)
+        if part == "evidence":
+            if r["task"] in SPAN_TASKS:
+                out_recs.append(r)
+                out_answers.append(evidence)
+        else:
+            out_recs.append(r)
+            out_answers.append(answer if ok or r.get("o") else "")
+    return etbench_submission(out_recs, out_answers)
+
+
+def write_etbench_stages(folder: str | os.PathLike, records: Sequence[Mapping],
+                         answers: Sequence[str | None] | None = None,
+                         delimiter: str = EVIDENCE_DELIMITER) -> dict[str, Path]:
+    """The two single-stage submissions (:func:`stage_submission`) of ground-then-answer responses, next to the
+    full one: ``answer/submission.json`` and ``evidence/submission.json`` under ``folder``. Scored by E.T. Bench's
+    ``compute_metrics.py``, the first gives the answer-stage numbers this project reports (``F1``, ``mIoU``, …),
+    the second the evidence-stage ones (``F1_evi``, … of the span-only tasks); the full-response file is for
+    D²VLM's evaluator, which splits at ``</evi>`` itself."""
+    out = {}
+    for part in ("answer", "evidence"):
+        path = Path(folder) / part / "submission.json"
+        if "metrics" in path.name:
+            raise FormatError(f"{path}: compute_metrics.py skips files whose path contains 'metrics'")
+        out[part] = write_json(stage_submission(records, part, answers, delimiter), path)
+    return out
 
 
 def read_etbench_submission(path: str | os.PathLike) -> list[dict]:

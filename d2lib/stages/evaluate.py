@@ -12,7 +12,11 @@ e.g. ``sft``) and the baselines in ``evaluate.baselines`` — :func:`run`:
    CIDEr, METEOR, SODA_c) on ``dvc`` — read back from the TimeChat files it wrote, so the numbers are
    what the public evaluators would see — and bootstrap 95% CIs (:mod:`d2lib.core.stats`) on the headlines;
 3. writes the predictions in the public evaluators' formats (:mod:`d2lib.evaluation.formats`) under
-   ``artifacts/evaluate/<system>/``: ``etbench/submission.json`` (records with ``a``),
+   ``artifacts/evaluate/<system>/``: ``etbench/submission.json`` (records with ``a``: the full responses, for
+   D²VLM's evaluator, which splits them at ``</evi>``), for a ground-then-answer model also
+   ``etbench_stages/answer/submission.json`` and ``etbench_stages/evidence/submission.json`` (one stage each:
+   what E.T. Bench's ``compute_metrics.py``, which reads the first spans of an answer, must be given to score the
+   answer stage as reported here, or the evidence stage),
    ``timechat/tvg_pred.json`` + ``tvg_gt.json``, ``timechat/dvc_pred.json`` +
    ``<split>.caption_coco_format.json`` (TimeChat takes the split from that name), and
    ``details.json`` (every number, parse-path histograms included; the files by their path relative to
@@ -494,6 +498,9 @@ def write_predictions(out_dir: str | Path, answered: Sequence[Mapping], delimite
     returns ``{kind: path}``. TimeChat files are written only for the tasks present."""
     out_dir = Path(out_dir)
     files = {"etbench": formats.write_etbench_submission(out_dir / "etbench" / "submission.json", answered)}
+    if delimiter is not None:  # ground-then-answer: one file per stage for single-pass evaluators
+        stages = formats.write_etbench_stages(out_dir / "etbench_stages", answered, delimiter=delimiter)
+        files.update({f"etbench_{part}": p for part, p in stages.items()})
     tvg = [r for r in answered if r["task"] == "tvg"]
     if tvg:
         files["tvg_pred"], files["tvg_gt"] = formats.write_timechat_tvg(
