@@ -262,3 +262,25 @@ def load_all(path: str | Path | None = None, profile: str | None = None) -> dict
 def to_dict(cfg: Any) -> dict:
     """A config dataclass back to plain data (for logs and JSON)."""
     return dataclasses.asdict(cfg)
+
+
+def stage_command(section: str, prog: str, description: str, argv=None, variant: bool = False):
+    """The command line of a training stage (``python -m d2lib.stages.<section>``): ``--profile`` and, with
+    ``variant``, ``--variant`` (default ``full``) and ``--seed`` (default: the section's own). Loads the section
+    (and the variant), sets torch's thread count when the section's ``num_threads`` asks for one, and returns
+    ``(args, cfg, variant or None)``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    if variant:
+        ap.add_argument("--variant", default="full", help="a row of params.yaml `variants` (default: full)")
+        ap.add_argument("--seed", type=int, default=None, help=f"default: params.yaml's {section}.seed")
+    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
+    args = ap.parse_args(argv)
+    cfg = load_section(section, profile=args.profile)
+    row = load_section("variants", profile=args.profile).get(args.variant) if variant else None
+    if getattr(cfg, "num_threads", 0):
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    return args, cfg, row

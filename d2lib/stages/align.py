@@ -199,16 +199,10 @@ def load_result(out_dir: str | Path | None = None) -> AlignResult:
 def main(argv=None) -> None:
     """``python -m d2lib.stages.align [--profile P]``: the stage as DVC runs it (:func:`run`, then
     :func:`write_results`)."""
-    import argparse
-
     from d2lib.core import config
 
-    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.align", description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    args = ap.parse_args(argv)
-    model_cfg, cfg = config.load_section("model", profile=args.profile), config.load_section("align", profile=args.profile)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    args, cfg, _ = config.stage_command("align", "python -m d2lib.stages.align", __doc__.splitlines()[0], argv)
+    model_cfg = config.load_section("model", profile=args.profile)
     with timing.timer() as t:
         res = run(model_cfg, cfg, progress=False)
         write_results(res)

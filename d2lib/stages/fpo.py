@@ -735,19 +735,10 @@ def main(argv=None) -> None:
     """``python -m d2lib.stages.fpo [--variant NAME] [--seed S] [--profile P]``: the stage as DVC runs it
     (:func:`run` from ``artifacts/sft`` into ``artifacts/fpo`` with ``fpo.use_grounding`` choosing FPO or DPO,
     then :func:`write_results`)."""
-    import argparse
-
     from d2lib.core import config
 
-    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.fpo", description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", default="full", help="the SFT model's response layout (default: full)")
-    ap.add_argument("--seed", type=int, default=None, help="default: params.yaml's fpo.seed")
-    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    args = ap.parse_args(argv)
-    cfg = config.load_section("fpo", profile=args.profile)
-    variant = config.load_section("variants", profile=args.profile).get(args.variant)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    args, cfg, variant = config.stage_command("fpo", "python -m d2lib.stages.fpo", __doc__.splitlines()[0], argv,
+                                              variant=True)
     with timing.timer() as t:
         res = run(cfg, variant, args.seed, progress=False)
         results = write_results(res, cfg, args.variant)

@@ -238,19 +238,10 @@ def load_result(out_dir: str | Path | None = None) -> SFTResult:
 def main(argv=None) -> None:
     """``python -m d2lib.stages.sft [--variant NAME] [--seed S] [--profile P]``: the stage as DVC runs it
     (:func:`run` into ``artifacts/sft``, then :func:`write_results`)."""
-    import argparse
-
     from d2lib.core import config
 
-    ap = argparse.ArgumentParser(prog="python -m d2lib.stages.sft", description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", default="full", help="a row of params.yaml `variants` (default: full)")
-    ap.add_argument("--seed", type=int, default=None, help="default: params.yaml's sft.seed")
-    ap.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    args = ap.parse_args(argv)
-    cfg = config.load_section("sft", profile=args.profile)
-    variant = config.load_section("variants", profile=args.profile).get(args.variant)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    args, cfg, variant = config.stage_command("sft", "python -m d2lib.stages.sft", __doc__.splitlines()[0], argv,
+                                              variant=True)
     with timing.timer() as t:
         res = run(cfg, variant, seed=args.seed, progress=False)
         results = write_results(res, args.variant)
