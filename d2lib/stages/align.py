@@ -192,7 +192,8 @@ def load_result(out_dir: str | Path | None = None) -> AlignResult:
     (:func:`d2lib.training.train.read_fit`), the results the stage wrote and its logged wall times."""
     out_dir = Path(out_dir or out_dir_default())
     model, tok = load(out_dir)
-    metrics = json.loads(headline.results_path("align").read_text())
+    metrics = {k: float("nan") if v is None else v  # (a NaN score is null in the JSON file)
+               for k, v in json.loads(headline.results_path("align").read_text()).items()}
     return AlignResult(model, tok, train.read_fit(out_dir), out_dir, metrics, timing.seconds("align"))
 
 

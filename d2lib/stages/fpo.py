@@ -721,7 +721,7 @@ def load_result(cfg: FPOConfig, out_dir: str | Path | None = None) -> FPOResult:
     before/after (``pairs_val.csv``), the pairs (rebuilt: :func:`make_pairs` is deterministic) and the
     policy's per-query val IoUs."""
     out_dir = Path(out_dir or out_dir_default())
-    metrics = json.loads(headline.results_path("fpo").read_text())
+    metrics = sft.scores_from_json(json.loads(headline.results_path("fpo").read_text()), ("val_tvg", "val_tvg_sft"))
     model, tok = sft.load_model(out_dir)
     before, after = _read_pair_rows(out_dir / "pairs_val.csv")
     tr = make_pairs([r for r in data.load_records("train") if r["task"] in cfg.tasks], cfg, metrics["seed"])

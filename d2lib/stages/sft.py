@@ -225,13 +225,27 @@ def load_model(sft_dir: str | Path | None = None):
     return model, load_tokenizer(tok_dir)
 
 
+def scores_from_json(results: dict, keys) -> dict:
+    """``results`` with the score dicts under ``keys`` as :func:`run` returns them: a score that was NaN (not
+    computed, e.g. the control without two queries in a video) is ``null`` in the JSON file and NaN again here.
+
+    >>> scores_from_json({"val_tvg": {"R1@0.5": 0.5, "ctrl_R1@0.5": None}, "seed": None}, ["val_tvg"])
+    {'val_tvg': {'R1@0.5': 0.5, 'ctrl_R1@0.5': nan}, 'seed': None}
+    """
+    out = dict(results)
+    for k in keys:
+        if isinstance(out.get(k), dict):
+            out[k] = {m: float("nan") if v is None else v for m, v in out[k].items()}
+    return out
+
+
 def load_result(out_dir: str | Path | None = None) -> SFTResult:
     """The finished stage read back (what lesson 04 shows): the model and tokenizer (:func:`load_model`),
     the run's logs (:func:`d2lib.training.train.read_fit`), the results :func:`write_results` wrote and the
     logged wall times."""
     out_dir = Path(out_dir or out_dir_default())
     model, tok = load_model(out_dir)
-    metrics = json.loads(headline.results_path("sft").read_text())
+    metrics = scores_from_json(json.loads(headline.results_path("sft").read_text()), ("val_tvg", "random_tvg"))
     return SFTResult(model, tok, train.read_fit(out_dir), out_dir, metrics, timing.seconds("sft"))
 
 
@@ -249,7 +263,7 @@ def main(argv=None) -> None:
     print(json.dumps(results["val_tvg"], indent=1))
 
 
-__all__ = ["SFTResult", "run", "model_dir", "load_model", "load_result", "write_results", "control_floor", "main", "prepare_model", "prepare_vocabulary", "export_sft", "make_eval_fn", "load_inputs",
+__all__ = ["SFTResult", "run", "model_dir", "load_model", "load_result", "scores_from_json", "write_results", "control_floor", "main", "prepare_model", "prepare_vocabulary", "export_sft", "make_eval_fn", "load_inputs",
            "features_dir"]
 
 

@@ -572,11 +572,16 @@ def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m d2lib.study.ablation", description=__doc__.splitlines()[0])
+def cell_command(study: str, description: str, row_flag: str, row_help: str, run, describe, shown: Sequence[str],
+                 argv: Sequence[str] | None = None) -> None:
+    """``python -m d2lib.study.<study> cell --<row_flag> R --seed S [--profile P]``: one (row, seed) cell of a
+    matrix study — ``run(row, seed, profile)`` trains and evaluates it into ``artifacts/<study>/<row>/<seed>`` —
+    offline, without progress bars, then one line with the ``shown`` metrics ×100 (``describe(cell)``: the
+    cell's label and folder)."""
+    ap = argparse.ArgumentParser(prog=f"python -m d2lib.study.{study}", description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("cell", help="train and evaluate one (row, seed) cell into artifacts/ablation/<row>/<seed>")
-    c.add_argument("--variant", required=True, help="a variants.<name> row, or full_dpo / full_fpo")
+    c = sub.add_parser("cell", help=f"train and evaluate one (row, seed) cell into artifacts/{study}/<row>/<seed>")
+    c.add_argument(f"--{row_flag}", required=True, help=row_help)
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
     args = ap.parse_args(argv)
@@ -586,10 +591,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    p = run_cell(args.variant, args.seed, args.profile)
+    p = run(getattr(args, row_flag), args.seed, args.profile)
     v = p["values"]
-    show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("F1(gnd)", "F1(cap)", "charades.R1@0.5")}
-    print(f"{p['label']} seed {p['seed']}: {show} -> {cell_dir(p['row'], p['seed'])}")
+    show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in shown}
+    name, folder = describe(p)
+    print(f"{name} seed {p['seed']}: {show} -> {folder}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cell_command("ablation", __doc__.splitlines()[0], "variant", "a variants.<name> row, or full_dpo / full_fpo",
+                 run_cell, lambda p: (p["label"], cell_dir(p["row"], p["seed"])),
+                 ("F1(gnd)", "F1(cap)", "charades.R1@0.5"), argv)
+
 
 if __name__ == "__main__":
     main()
@@ -597,6 +610,6 @@ if __name__ == "__main__":
 
 __all__ = ["SFT_ROWS", "PREFERENCE", "BASE_OF_PREFERENCE", "LABELS", "CUMULATIVE", "PAPER", "METRICS",
            "EXTRA_METRICS", "ALL_METRICS", "TASK_METRICS", "QUERY_CONTROL_RATIO", "AblationConfig", "label",
-           "preference_row", "split_row", "load_config", "root_dir", "cell_dir", "Study", "cell_folder", "sft_config", "fpo_config",
+           "preference_row", "split_row", "cell_command", "load_config", "root_dir", "cell_dir", "Study", "cell_folder", "sft_config", "fpo_config",
            "eval_config", "metric_value", "load_test", "evaluate_cell", "query_use", "count_frame_tokens",
            "inference_summary", "write_cell", "run_sft_cell", "run_pref_cell", "run_cell", "main"]

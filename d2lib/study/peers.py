@@ -45,9 +45,7 @@ profile cannot change them (the pipeline smoke test edits them in its copy of pa
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -333,23 +331,11 @@ def run_cell(row: str, seed: int, profile: str | None = None) -> dict:
 # command line
 # ------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m d2lib.study.peers", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("cell", help="train and evaluate one (row, seed) cell into artifacts/peers/<row>/<seed>")
-    c.add_argument("--row", required=True, help="a peers.rows name (a variants row) or a specialist (univtg)")
-    c.add_argument("--seed", type=int, required=True)
-    c.add_argument("--profile", default=None, help="params profile (default: params.yaml's `profile`)")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    ablation.cell_command("peers", __doc__.splitlines()[0], "row",
+                          "a peers.rows name (a variants row) or a specialist (univtg)", run_cell,
+                          lambda p: (label(p["row"]), cell_dir(p["row"], p["seed"])),
+                          ("charades.R1@0.5", "charades.mIoU", "F1(cap)"), argv)
 
-    hf_logging.disable_progress_bar()
-    p = run_cell(args.row, args.seed, args.profile)
-    v = p["values"]
-    show = {k: (None if v.get(k) is None else round(100 * v[k], 1)) for k in ("charades.R1@0.5", "charades.mIoU", "F1(cap)")}
-    print(f"{label(p['row'])} seed {p['seed']}: {show} -> {cell_dir(p['row'], p['seed'])}")
 
 if __name__ == "__main__":
     main()
