@@ -47,7 +47,7 @@ repro: data
 	$(BIN)/python -m d2lib.tools.repro $(REPRO_ARGS)
 
 test: data plots-assets book-assets
-	$(BIN)/python -m d2lib.core.numenv --threads $$(nproc) $(BIN)/python -m pytest -q
+	$(BIN)/python -m d2lib.core.numenv --threads $$(nproc) $(BIN)/python -m pytest -q -n $$(nproc) --dist loadfile
 
 # Re-render the benchmark from params (world, benchmark) and version it; maintainers only.
 benchmark: venv
