@@ -282,7 +282,7 @@ def test_odd_answers_never_stop_the_stage_and_its_files_are_strict_json(split, t
         raise ValueError(f"{name} is not JSON")
 
     files = sorted((tmp_path / "evaluate").rglob("*.json")) + [results, tmp_path / "metrics" / "evaluate.json"]
-    assert len(files) == 10  # submission + its answer and evidence stages, tvg pred + gt, dvc pred + gt, details; results + headline
+    assert len(files) == 10  # submission + its 2 stage files, tvg + dvc pred/gt, details; results + headline
     for f in files:
         json.loads(f.read_text(), parse_constant=refuse)
     sub = json.loads((tmp_path / "evaluate" / "odd" / "etbench" / "submission.json").read_text())
