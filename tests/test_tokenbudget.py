@@ -13,7 +13,7 @@ from d2lib.core import config
 from d2lib.peers import tokenbudget
 from d2lib.vlm import tokens
 from d2lib.vlm.model import Variant
-from test_model import EXTRA, T_FRAMES, _force_evi, build, make_samples
+from test_model import EXTRA, _force_evi, build, data  # noqa: F401 (data: test_model's module fixture, shared)
 
 BUDGET_ROWS = ["diff_fp", "moviechat", "stc"]
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidden=32, vision_layers=1,
@@ -21,13 +21,6 @@ TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, vision_hidde
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
-
-
-@pytest.fixture(scope="module")
-def data():
-    recs, vids = make_samples()
-    tok = tokens.train_word_tokenizer(tokens.record_texts(recs + EXTRA), max_seconds=T_FRAMES)
-    return recs, vids, tok
 
 
 def batch_for(recs, vids, variant, tok, with_response=True, padding_side="right"):
