@@ -13,24 +13,3 @@ protocols.
 Each returns ``(records, report)`` (:class:`d2lib.world.records.Loaded`); bad input raises
 :class:`d2lib.world.records.DatasetError` naming the file and the record.
 """
-
-from d2lib.world.records import DatasetError
-
-
-def entry(a, keys: tuple[str, ...], where: str) -> dict:
-    """One entry of a benchmark file checked before it is read: an object that has every key in ``keys``.
-    Returns ``a``; otherwise raises :class:`DatasetError` naming ``where`` (the file and the entry).
-
-    >>> entry({"duration": 3.0, "annotations": []}, ("duration", "annotations"), "yc2.json: database['x']")
-    {'duration': 3.0, 'annotations': []}
-    >>> entry({"duration": 3.0}, ("duration", "annotations"), "yc2.json: database['x']")
-    Traceback (most recent call last):
-    ...
-    d2lib.world.records.DatasetError: yc2.json: database['x']: missing key 'annotations'
-    """
-    if not isinstance(a, dict):
-        raise DatasetError(f"{where}: expected an object, got {type(a).__name__}")
-    for k in keys:
-        if k not in a:
-            raise DatasetError(f"{where}: missing key '{k}'")
-    return a
