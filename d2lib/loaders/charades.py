@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from d2lib.loaders.checks import entry
 from d2lib.world.records import (DatasetError, LoadReport, Loaded, _existing, _is_span, _nonempty_text,
                                  probe_duration, read_json, validate_records)
 
@@ -189,11 +190,7 @@ def load_timeit_tvg(json_path: str | os.PathLike, durations: Durations, source: 
     raw = []
     for i, a in enumerate(data["annotations"]):
         where = f"{p}: annotations[{i}]"
-        if not isinstance(a, dict):
-            raise DatasetError(f"{where}: expected an object, got {type(a).__name__}")
-        for k in ("image_id", "caption", "timestamp", "id"):
-            if k not in a:
-                raise DatasetError(f"{where}: missing key '{k}'")
+        entry(a, ("image_id", "caption", "timestamp", "id"), where)
         if not _is_span(a["timestamp"]):
             raise DatasetError(f"{where}: 'timestamp' must be [start, end], got {a['timestamp']!r}")
         if not _nonempty_text(a["caption"]):

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from d2lib.loaders.checks import entry
 from d2lib.world.records import DatasetError, LoadReport, Loaded, read_json, validate_records
 
 __all__ = ["DVC_PROMPT", "load_youcook2"]
@@ -47,13 +48,9 @@ def load_youcook2(json_path: str | os.PathLike, subset: str | None = "validation
     if isinstance(data, dict) and isinstance(data.get("database"), dict):
         for vid, v in data["database"].items():
             where = f"{p}: database[{vid!r}]"
-            if not isinstance(v, dict):
-                raise DatasetError(f"{where}: expected an object")
-            if subset is not None and v.get("subset") != subset:
+            if subset is not None and entry(v, (), where).get("subset") != subset:
                 continue
-            for k in ("duration", "annotations"):
-                if k not in v:
-                    raise DatasetError(f"{where}: missing key '{k}'")
+            entry(v, ("duration", "annotations"), where)
             if not isinstance(v["annotations"], list):
                 raise DatasetError(f"{where}: 'annotations' must be a list of {{segment, sentence}}, "
                                    f"got {json.dumps(v['annotations'])[:60]}")
@@ -73,11 +70,7 @@ def load_youcook2(json_path: str | os.PathLike, subset: str | None = "validation
     elif isinstance(data, dict) and isinstance(data.get("annotations"), list):
         for i, a in enumerate(data["annotations"]):
             where = f"{p}: annotations[{i}]"
-            if not isinstance(a, dict):
-                raise DatasetError(f"{where}: expected an object")
-            for k in ("image_id", "duration", "segments", "pure_cap"):
-                if k not in a:
-                    raise DatasetError(f"{where}: missing key '{k}'")
+            entry(a, ("image_id", "duration", "segments", "pure_cap"), where)
             caps = [c.strip() for c in str(a["pure_cap"]).split(". ")]  # TimeChat's convention
             raw.append(_dvc_record(a.get("id", i), source, a["image_id"], a["duration"], a["segments"], caps))
             wheres.append(where)
