@@ -57,6 +57,11 @@ def test_notebooks_stored_clean_with_parameters_tag():
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert not any(c.get("outputs") for c in code), f"{nb_path.name} stored with outputs"
         assert not any(c.get("execution_count") for c in code), f"{nb_path.name} has execution counts"
+        # a cell without an id gets a random one on every execution (nbformat 4.5): the executed lesson would differ
+        missing = [i for i, c in enumerate(nb["cells"]) if not c.get("id")]
+        assert not missing, f"{nb_path.name}: cells {missing} have no id"
+        ids = [c["id"] for c in nb["cells"]]
+        assert len(set(ids)) == len(ids), f"{nb_path.name}: cell ids repeat"
         tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{nb_path.name} needs exactly one 'parameters' cell"
         # the parameters cell holds literals only
